@@ -1,0 +1,1 @@
+"""One module per CLI command; :mod:`psconv.cli` wires them together."""

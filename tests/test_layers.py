@@ -1,0 +1,96 @@
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import psconv
+from psconv import PSConv2d
+from psconv.patterns import pattern_mask
+
+CASES = [
+    # (in, out, stride, batch, pattern)
+    (3, 5, 1, 1, "PS4_P4"),
+    (8, 16, 2, 2, "PSD4_P8"),
+    (17, 9, 1, 3, "PS1_P9"),
+    (16, 33, 2, 1, "PSD1_P16"),
+    (6, 7, 1, 2, "pSC2"),
+    (5, 4, 2, 2, "PS2_P6"),
+]
+
+
+@pytest.fixture(autouse=True)
+def reference_backend():
+    previous = psconv.get_backend()
+    psconv.set_backend("reference")
+    yield
+    psconv.set_backend(previous)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize(("cin", "cout", "stride", "batch", "pattern"), CASES)
+def test_forward_and_gradients_equal_masked_dense_conv(cin, cout, stride, batch, pattern, dtype):
+    torch.manual_seed(0)
+    layer = PSConv2d(cin, cout, 3, stride=stride, padding=1, pattern=pattern, seed=3).to(dtype)
+    with torch.no_grad():
+        layer.bias.normal_()
+    mask = pattern_mask(pattern, cout, cin, seed=3)
+    x = torch.randn(batch, cin, 11, 10, dtype=dtype, requires_grad=True)
+    dense = torch.zeros(cout, cin, 3, 3, dtype=dtype)
+    dense[mask] = layer.weight_values.detach()
+    dense.requires_grad_(True)
+    ref_x = x.detach().clone().requires_grad_(True)
+    expected = F.conv2d(ref_x, dense * mask, layer.bias.detach(), stride, 1)
+    out = layer(x)
+    tol = 1e-5 if dtype == torch.float32 else 1e-12
+    torch.testing.assert_close(out, expected, rtol=tol, atol=tol)
+    grad = torch.randn_like(out)
+    out.backward(grad)
+    expected.backward(grad)
+    torch.testing.assert_close(x.grad, ref_x.grad, rtol=tol, atol=tol)
+    torch.testing.assert_close(layer.weight_values.grad, dense.grad[mask], rtol=tol, atol=tol)
+
+
+def test_parameters_hold_only_free_weights():
+    layer = PSConv2d(64, 64, pattern="PSD1_P16")
+    mask = pattern_mask("PSD1_P16", 64, 64)
+    assert layer.weight_values.numel() == int(mask.sum())
+    assert sum(p.numel() for p in layer.parameters()) == int(mask.sum()) + 64
+
+
+def test_optimizer_and_weight_decay_cannot_fill_zeros():
+    layer = PSConv2d(8, 8, pattern="PS1_P9")
+    opt = torch.optim.SGD(layer.parameters(), lr=0.5, momentum=0.9, weight_decay=0.1)
+    for _ in range(3):
+        opt.zero_grad()
+        layer(torch.randn(2, 8, 6, 6)).square().sum().backward()
+        opt.step()
+    assert (layer.weight[~layer.mask] == 0).all()
+    assert (layer.weight[layer.mask] != 0).any()
+
+
+def test_init_is_masked_xavier_with_gain_half():
+    layer = PSConv2d(256, 256, pattern="PS4_P4")
+    bound = 0.5 * (6 / (256 * 9 * 2)) ** 0.5
+    values = layer.weight_values
+    assert values.abs().max() <= bound and values.abs().max() > 0.95 * bound
+    assert (layer.bias == 0).all()
+
+
+def test_from_conv_and_to_conv_round_trip():
+    torch.manual_seed(1)
+    conv = nn.Conv2d(6, 10, 3, stride=2, padding=1)
+    layer = PSConv2d.from_conv(conv, "PSD2_P8")
+    mask = pattern_mask("PSD2_P8", 10, 6)
+    torch.testing.assert_close(layer.weight, conv.weight.detach() * mask)
+    back = layer.to_conv()
+    x = torch.randn(2, 6, 9, 9)
+    torch.testing.assert_close(back(x), layer(x))
+
+
+def test_constructor_errors_name_the_argument():
+    with pytest.raises(ValueError, match="in_channels"):
+        PSConv2d(0, 4)
+    with pytest.raises(ValueError, match="pattern 'PS9_P4'"):
+        PSConv2d(4, 4, pattern="PS9_P4")
+    with pytest.raises(ValueError, match="kernel_size"):
+        PSConv2d(4, 4, kernel_size=(3, 1))
