@@ -84,4 +84,3 @@ def create_model(
 
 # Registration happens on import; keep these last.
 from . import resnet, vgg  # noqa: E402,F401
-from . import mobilenetv2, shufflenet  # noqa: E402,F401
