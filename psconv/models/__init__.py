@@ -83,4 +83,4 @@ def create_model(
 
 
 # Registration happens on import; keep these last.
-from . import resnet, vgg  # noqa: E402,F401
+from . import mobilenetv2, resnet, shufflenet, vgg  # noqa: E402,F401

@@ -1,0 +1,127 @@
+"""Data loaders on the real shared data, synthetic official layouts, and device batches."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from psconv.data import CIFAR10_CLASSES, DeviceData, load_dataset, resolve_data_dir
+
+
+def test_exact_npz(cifar_npz: Path) -> None:
+    ds = load_dataset("cifar10", cifar_npz)
+    assert ds.x_train.shape == (4000, 32, 32, 3) and ds.x_test.shape == (1000, 32, 32, 3)
+    assert ds.classes == list(CIFAR10_CLASSES)
+    assert ds.y_train.dtype == np.int64 and set(np.unique(ds.y_train)) == set(range(10))
+
+
+def test_jpeg_tar_matches_official_pixels(cifar_jpeg_tar: Path, cifar_npz: Path) -> None:
+    jpeg = load_dataset("cifar10", cifar_jpeg_tar.parent)  # the directory: finds the full tar
+    assert jpeg.x_train.shape == (50000, 32, 32, 3) and jpeg.x_test.shape == (10000, 32, 32, 3)
+    assert np.bincount(jpeg.y_train).tolist() == [5000] * 10
+    exact = load_dataset("cifar10", cifar_npz)
+    # File k of a class is that class's k-th official image: equal up to JPEG noise.
+    for c in range(10):
+        a = exact.x_train[exact.y_train == c][:5].astype(np.float64)
+        b = jpeg.x_train[jpeg.y_train == c][:5].astype(np.float64)
+        assert np.abs(a - b).mean() < 12
+
+
+def test_tiny_imagenet_sample(tiny_tar: Path) -> None:
+    ds = load_dataset("tinyimagenet", tiny_tar)
+    assert ds.num_classes == 200 and ds.image_size == 64
+    assert ds.x_train.shape == (20000, 64, 64, 3) and ds.x_test.shape == (10000, 64, 64, 3)
+    assert np.bincount(ds.y_train, minlength=200).tolist() == [100] * 200
+    assert np.bincount(ds.y_test, minlength=200).tolist() == [50] * 200
+
+
+def _official_batches(root: Path, x: np.ndarray, y: np.ndarray) -> None:
+    d = root / "cifar-10-batches-py"
+    d.mkdir(parents=True)
+    planar = x.transpose(0, 3, 1, 2).reshape(len(x), -1)
+    for i in range(1, 6):
+        part = slice((i - 1) * 20, i * 20)
+        with open(d / f"data_batch_{i}", "wb") as f:
+            pickle.dump({b"data": planar[part], b"labels": y[part].tolist()}, f, protocol=2)
+    with open(d / "test_batch", "wb") as f:
+        pickle.dump({b"data": planar[:10], b"labels": y[:10].tolist()}, f, protocol=2)
+
+
+def test_official_python_batches(tmp_path: Path, cifar_npz: Path) -> None:
+    exact = load_dataset("cifar10", cifar_npz)
+    _official_batches(tmp_path, exact.x_train[:100], exact.y_train[:100])
+    ds = load_dataset("cifar10", tmp_path, use_cache=False)
+    assert np.array_equal(ds.x_train, exact.x_train[:100]) and np.array_equal(ds.y_train, exact.y_train[:100])
+
+
+def test_batches_refuse_code(tmp_path: Path) -> None:
+    class Evil:
+        def __reduce__(self):  # noqa: ANN204
+            return (print, ("pwned",))
+
+    d = tmp_path / "cifar-10-batches-py"
+    d.mkdir()
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        (d / name).write_bytes(pickle.dumps({b"data": Evil(), b"labels": []}))
+    with pytest.raises(ValueError, match="refusing"):
+        load_dataset("cifar10", tmp_path, use_cache=False)
+
+
+def test_png_image_folder_and_greyscale(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for c in ("cat", "dog"):
+            (tmp_path / split / c).mkdir(parents=True)
+            for k in range(3):
+                Image.fromarray(rng.integers(0, 256, (32, 32), dtype=np.uint8), "L").save(
+                    tmp_path / split / c / f"{k}.png"
+                )
+    with pytest.raises(ValueError, match="2 classes"):
+        load_dataset("cifar10", tmp_path, use_cache=False)
+
+
+def test_missing_and_malformed_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("PSCONV_DATA", raising=False)
+    with pytest.raises(FileNotFoundError, match="--data-dir.*--download"):
+        resolve_data_dir(None, "cifar10")
+    with pytest.raises(FileNotFoundError, match="no cifar10 data found.*image folder"):
+        load_dataset("cifar10", tmp_path)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_dataset("cifar10", tmp_path / "nope")
+    (tmp_path / "cifar10-broken.tar.gz").write_bytes(b"not a tar")
+    with pytest.raises(ValueError, match="cannot be read"):
+        load_dataset("cifar10", tmp_path, use_cache=False)
+    (tmp_path / "cifar10-broken.tar.gz").unlink()
+    (tmp_path / "train" / "cat").mkdir(parents=True)
+    (tmp_path / "test" / "cat").mkdir(parents=True)
+    (tmp_path / "train" / "cat" / "0.jpg").write_bytes(b"garbage")
+    (tmp_path / "test" / "cat" / "0.jpg").write_bytes(b"garbage")
+    with pytest.raises(ValueError, match="cannot be decoded"):
+        load_dataset("cifar10", tmp_path, use_cache=False)
+
+
+def test_device_batches_augment_and_shard() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (100, 32, 32, 3), dtype=np.uint8)
+    y = rng.integers(0, 10, 100)
+    data = DeviceData(x, y)
+    full = list(data.train_batches(20, seed=1, epoch=3))
+    assert len(full) == 5 and full[0][0].shape == (20, 3, 32, 32) and full[0][0].dtype == torch.float32
+    again = list(data.train_batches(20, seed=1, epoch=3))
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(full, again))
+    other = next(data.train_batches(20, seed=1, epoch=4))[0]
+    assert not torch.equal(other, full[0][0])
+    shards = [list(data.train_batches(20, seed=1, epoch=3, rank=r, world_size=2)) for r in range(2)]
+    for step in range(5):
+        joined = torch.cat([shards[0][step][0], shards[1][step][0]])
+        assert torch.equal(joined, full[step][0])
+    # Without padding or flips an evaluation batch is the normalised image itself.
+    xb, yb = next(data.eval_batches(100))
+    assert torch.equal(yb, torch.from_numpy(y))
+    back = xb * data.std + data.mean
+    assert torch.allclose(back, torch.from_numpy(x).permute(0, 3, 1, 2).float(), atol=1e-3)
