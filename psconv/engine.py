@@ -2,22 +2,56 @@
 
 ``fast_forward(layer, x)`` returns the layer's output computed by a fast backend, or ``None``
 when no fast backend applies (the layer then runs its reference path).
+
+Backends (``set_backend`` or the environment variable ``PSCONV_BACKEND``):
+
+- ``'reference'``: never the compiled kernels (scatter + ``F.conv2d``; the test oracle).
+- ``'fast'``: the compiled kernels wherever they can run: CPU, float32, 3x3 kernels. Elsewhere
+  (CUDA, other dtypes, other kernel sizes, library not built) the layer silently falls back to
+  the reference path, so a model never breaks because of the backend switch; use
+  :func:`fast_supported` to ask why a call would fall back.
+- ``'auto'`` (default): like 'fast', but only for layers whose packed kernel executes clearly
+  fewer multiply-adds than the dense kernel (the measured break-even is a lane-MAC ratio of
+  about 1.3); random ``pSC`` masks and dense patterns therefore stay on oneDNN.
+
+The kernels work on NHWC (``torch.channels_last``) tensors: an NCHW input is converted once,
+and the output is returned channels_last, so the following BN/ReLU/pool layers and the next
+PSConv2d stay in that layout with no further conversion. Values and autograd are those of an
+ordinary convolution with the layer's mask.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
-from typing import TYPE_CHECKING
+import weakref
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 
 if TYPE_CHECKING:
     from .layers import PSConv2d
 
-__all__ = ["set_backend", "get_backend", "fast_forward", "BACKENDS"]
+__all__ = [
+    "set_backend",
+    "get_backend",
+    "fast_forward",
+    "fast_supported",
+    "kernels_available",
+    "kernel_info",
+    "BACKENDS",
+]
 
 BACKENDS = ("auto", "reference", "fast")
 _backend = os.environ.get("PSCONV_BACKEND", "auto")
+if _backend not in BACKENDS:
+    _backend = "auto"
+
+# 'auto' uses the kernel when dense MACs / executed lane-MACs is at least this; below it
+# oneDNN's higher efficiency wins (measured in benchmarks/bench_layers.py).
+AUTO_MIN_RATIO = 1.3
 
 
 def set_backend(name: str) -> None:
@@ -32,7 +66,269 @@ def get_backend() -> str:
     return _backend
 
 
-def fast_forward(layer: PSConv2d, x: torch.Tensor) -> torch.Tensor | None:
-    if _backend == "reference":
-        return None
+def _kern() -> Any:
+    from . import _kernels
+
+    return _kernels
+
+
+def kernels_available() -> bool:
+    """True when the compiled kernel library is loaded."""
+    return bool(_kern().available())
+
+
+def kernel_info() -> dict[str, Any]:
+    """Library path, instruction set in use, and why it is unavailable (if it is)."""
+    k = _kern()
+    return {
+        "available": k.available(),
+        "isa": k.isa(),
+        "path": k.library_path(),
+        "error": k.load_error,
+        "backend": _backend,
+    }
+
+
+@dataclass
+class _PlanTensors:
+    groups: torch.Tensor
+    segs: torch.Tensor
+    ents: torch.Tensor
+    gather: torch.Tensor
+    total: int
+    ratio: float  # dense MACs / executed lane-MACs
+    wrap: bool
+
+
+@dataclass
+class _LayerState:
+    fwd: _PlanTensors
+    bwd: _PlanTensors
+    inverse: torch.Tensor  # packed position of each value (for grad-weight)
+    nnz: int
+    cache: dict[str, tuple[tuple[int, int], torch.Tensor]] = field(default_factory=dict)
+
+    def packed(self, which: str, values: torch.Tensor) -> torch.Tensor:
+        # Packing is a gather of nnz floats; cached per (storage, version) for inference.
+        key = (values.data_ptr(), values._version)
+        hit = self.cache.get(which)
+        if hit is not None and hit[0] == key:
+            return hit[1]
+        plan = self.fwd if which == "fwd" else self.bwd
+        ext = torch.cat([values.detach().reshape(-1), values.new_zeros(1)])
+        packed = ext.index_select(0, plan.gather)
+        self.cache[which] = (key, packed)
+        return packed
+
+
+_states: weakref.WeakKeyDictionary[Any, _LayerState] = weakref.WeakKeyDictionary()
+_geometries: dict[
+    tuple[int, int, int, tuple[int, int], tuple[int, int]], tuple[Any, torch.Tensor, torch.Tensor]
+] = {}
+
+
+def _to_plan_tensors(plan: Any, dense_macs: int) -> _PlanTensors:
+    return _PlanTensors(
+        groups=torch.from_numpy(plan.groups),
+        segs=torch.from_numpy(plan.segs),
+        ents=torch.from_numpy(plan.ents),
+        gather=torch.from_numpy(plan.gather),
+        total=plan.total,
+        ratio=dense_macs / max(plan.executed_macs_per_pixel, 1),
+        wrap=plan.wrap,
+    )
+
+
+def _state(layer: PSConv2d) -> _LayerState:
+    st = _states.get(layer)
+    if st is not None:
+        return st
+    from ._kernel_plan import conv_plans
+
+    mask = layer.mask.detach().cpu().reshape(layer.out_channels, layer.in_channels, 9).numpy().astype(bool)
+    fwd, bwd = conv_plans(mask)
+    nnz = int(mask.sum())
+    inverse = np.full(nnz, -1, dtype=np.int64)
+    sel = fwd.gather < nnz
+    inverse[fwd.gather[sel]] = np.nonzero(sel)[0]
+    if (inverse < 0).any():  # pragma: no cover - the plan covers every kept weight
+        raise AssertionError("packed plan misses kept weights")
+    dense = layer.out_channels * layer.in_channels * 9
+    st = _LayerState(
+        fwd=_to_plan_tensors(fwd, dense),
+        bwd=_to_plan_tensors(bwd, dense),
+        inverse=torch.from_numpy(inverse),
+        nnz=nnz,
+    )
+    _states[layer] = st
+    return st
+
+
+def _geometry(
+    mode: int, H: int, W: int, stride: tuple[int, int], pad: tuple[int, int]
+) -> tuple[Any, torch.Tensor, torch.Tensor]:
+    key = (mode, H, W, stride, pad)
+    hit = _geometries.get(key)
+    if hit is None:
+        from ._kernel_plan import build_geometry
+
+        geo = build_geometry(mode, H, W, stride, pad)
+        hit = (geo, torch.from_numpy(geo.classes), torch.from_numpy(geo.pos))
+        _geometries[key] = hit
+    return hit
+
+
+def _call(
+    fn_name: str,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    w: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    B: int,
+    cin: int,
+    cout: int,
+    plan: _PlanTensors,
+    geo: tuple[Any, torch.Tensor, torch.Tensor],
+    dy: torch.Tensor | None = None,
+) -> None:
+    k = _kern()
+    g, classes, pos = geo
+    args = k.PscArgs(
+        x.data_ptr(),
+        y.data_ptr(),
+        w.data_ptr() if w is not None else None,
+        bias.data_ptr() if bias is not None else None,
+        B,
+        cin,
+        cout,
+        g.in_pix,
+        g.out_pix,
+        plan.groups.data_ptr(),
+        plan.groups.shape[0],
+        plan.segs.data_ptr(),
+        plan.ents.data_ptr(),
+        classes.data_ptr(),
+        classes.shape[0],
+        pos.data_ptr(),
+        max(torch.get_num_threads(), 1),
+        int(plan.wrap),
+        (ctypes.c_int * 3)(*_PMAX),
+    )
+    if fn_name == "conv":
+        rc = k.lib.psc_conv(ctypes.byref(args))
+    else:
+        assert dy is not None
+        rc = k.lib.psc_gradw(ctypes.byref(args), ctypes.c_void_p(dy.data_ptr()))
+    if rc != 0:
+        raise MemoryError(f"psconv kernel {fn_name} failed (code {rc})")
+
+
+_CL = torch.channels_last
+# Largest pixel tile for 1, 2, 4 filter blocks per tile (0 = the kernel's own maximum).
+_PMAX = tuple(int(v) for v in os.environ.get("PSCONV_PMAX", "0,0,0").split(","))
+
+
+def _out_size(n: int, s: int, p: int) -> int:
+    return (n + 2 * p - 3) // s + 1
+
+
+def _forward_impl(
+    layer: PSConv2d, st: _LayerState, x_cl: torch.Tensor, values: torch.Tensor, bias: torch.Tensor | None
+) -> torch.Tensor:
+    B, Ci, H, W = x_cl.shape
+    Co = layer.out_channels
+    Ho, Wo = _out_size(H, layer.stride[0], layer.padding[0]), _out_size(W, layer.stride[1], layer.padding[1])
+    out = torch.empty((B, Co, Ho, Wo), dtype=torch.float32, memory_format=_CL)
+    if B == 0 or Ho <= 0 or Wo <= 0:
+        return out
+    geo = _geometry(0, H, W, layer.stride, layer.padding)
+    packed = st.packed("fwd", values)
+    b = bias.detach().contiguous() if bias is not None else None
+    _call("conv", x_cl, out, packed, b, B, Ci, Co, st.fwd, geo)
+    return out
+
+
+class _PSConvFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(
+        ctx: Any,
+        x: torch.Tensor,
+        values: torch.Tensor,
+        bias: torch.Tensor | None,
+        layer: Any,
+        st: _LayerState,
+    ) -> torch.Tensor:  # type: ignore[override]
+        x_cl = x.contiguous(memory_format=_CL)
+        out = _forward_impl(layer, st, x_cl, values, bias)
+        ctx.save_for_backward(x_cl, values)
+        ctx.st = st
+        ctx.geom = (layer.out_channels, layer.stride, layer.padding)
+        ctx.has_bias = bias is not None
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, gout: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
+        x_cl, values = ctx.saved_tensors
+        st: _LayerState = ctx.st
+        Co, stride, padding = ctx.geom
+        B, Ci, H, W = x_cl.shape
+        g = gout.contiguous(memory_format=_CL)
+        if g.dtype != torch.float32:
+            g = g.float()
+        Ho, Wo = g.shape[2], g.shape[3]
+        gx = gw = gb = None
+        if ctx.needs_input_grad[0]:
+            gx = torch.empty((B, Ci, H, W), dtype=torch.float32, memory_format=_CL)
+            geo = _geometry(1, H, W, stride, padding)
+            packed = st.packed("bwd", values)
+            _call("conv", g, gx, packed, None, B, Co, Ci, st.bwd, geo)
+        if ctx.needs_input_grad[1]:
+            dwp = torch.empty(st.fwd.total, dtype=torch.float32)
+            geo = _geometry(0, H, W, stride, padding)
+            _call("gradw", x_cl, dwp, None, None, B, Ci, Co, st.fwd, geo, dy=g)
+            gw = dwp.index_select(0, st.inverse)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            gb = g.sum(dim=(0, 2, 3))
+        del Ho, Wo
+        return gx, gw, gb, None, None
+
+
+def fast_supported(layer: PSConv2d, x: torch.Tensor) -> str | None:
+    """None if the compiled kernels can run this call, else the reason they cannot."""
+    if not kernels_available():
+        return f"compiled kernels unavailable: {_kern().load_error}"
+    if x.device.type != "cpu" or layer.weight_values.device.type != "cpu":
+        return "not a CPU tensor"
+    if x.dtype != torch.float32 or layer.weight_values.dtype != torch.float32:
+        return f"dtype {x.dtype} (kernels are float32)"
+    if layer.kernel_size != (3, 3):
+        return f"kernel size {layer.kernel_size} (kernels are 3x3)"
+    if x.dim() != 4 or x.shape[1] != layer.in_channels:
+        return "input is not [B, C_in, H, W]"
+    if layer.bias is not None and layer.bias.dtype != torch.float32:
+        return "bias dtype"
+    if x.numel() >= 2**31 or x.shape[0] * layer.out_channels * x.shape[2] * x.shape[3] >= 2**31:
+        return "tensor too large for 32-bit pixel indices"
     return None
+
+
+def uses_fast(layer: PSConv2d, x: torch.Tensor) -> bool:
+    """Whether the current backend would run this call on the compiled kernels."""
+    if _backend == "reference" or fast_supported(layer, x) is not None:
+        return False
+    if _backend == "fast":
+        return True
+    return _state(layer).fwd.ratio >= AUTO_MIN_RATIO
+
+
+def fast_forward(layer: PSConv2d, x: torch.Tensor) -> torch.Tensor | None:
+    if _backend == "reference" or not uses_fast(layer, x):
+        return None
+    st = _state(layer)
+    values, bias = layer.weight_values, layer.bias
+    needs_grad = torch.is_grad_enabled() and (
+        x.requires_grad or values.requires_grad or (bias is not None and bias.requires_grad)
+    )
+    if not needs_grad:
+        return _forward_impl(layer, st, x.contiguous(memory_format=_CL), values, bias)
+    return _PSConvFunction.apply(x, values, bias, layer, st)

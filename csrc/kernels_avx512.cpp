@@ -1,0 +1,42 @@
+// AVX-512 build of the kernels. The target pragma replaces -march flags so that the package is
+// built once for any x86-64 machine; dispatch.cpp only calls in here after checking the CPU.
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include "psconv_kernels.h"
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512dq,avx512vl,fma,avx2,bmi2")
+#include <immintrin.h>
+
+namespace {
+typedef __m512 V;
+inline V vzero() { return _mm512_setzero_ps(); }
+inline V vload(const float* p) { return _mm512_loadu_ps(p); }
+inline V vloadm(const float* p, unsigned m) { return _mm512_maskz_loadu_ps((__mmask16)m, p); }
+// Lanes in mlo come from lo, lanes in mhi from hi, the rest are zero (channel wrap-around).
+inline V vloadm2(const float* lo, const float* hi, unsigned mlo, unsigned mhi) {
+    return _mm512_mask_loadu_ps(_mm512_maskz_loadu_ps((__mmask16)mlo, lo), (__mmask16)mhi, hi);
+}
+inline V vfma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
+inline void vstore(float* p, V v) { _mm512_storeu_ps(p, v); }
+inline void vstore_out(float* dst, V v, const float* bias, int nv) {
+    const __m512i rev = _mm512_set_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    V r = _mm512_permutexvar_ps(rev, v);
+    if (nv >= 16) {
+        if (bias) r = _mm512_add_ps(r, _mm512_loadu_ps(bias));
+        _mm512_storeu_ps(dst, r);
+    } else {
+        const __mmask16 m = (__mmask16)((1u << nv) - 1u);
+        if (bias) r = _mm512_add_ps(r, _mm512_maskz_loadu_ps(m, bias));
+        _mm512_mask_storeu_ps(dst, m, r);
+    }
+}
+}  // namespace
+
+#define PSC_SUFFIX avx512
+#include "kernel_body.inc"
+#pragma GCC pop_options
+
+#else
+#include "psconv_kernels.h"
+extern "C" int psc_conv_avx512(const psc_args*) { return -2; }
+extern "C" int psc_gradw_avx512(const psc_args*, const float*) { return -2; }
+#endif

@@ -1,0 +1,51 @@
+// Pattern-sparse 3x3 convolution kernels: shared declarations.
+//
+// Data layout: activations are NHWC (PyTorch channels_last), fp32. Weights are "diagonal
+// packed": lane j of filter block fb holds filter f = 16*fb + 15 - j paired with input channel
+// c = d + j, so every lane of one vector has the same f + c and therefore (for periodic
+// patterns) the same tap support. An input vector is then 16 contiguous channels of one pixel
+// and the inner loop is vector-load x vector-FMA with no broadcast and no index arrays; the
+// lane reversal of the filters is undone once per output tile.
+//
+// Plan arrays (built by psconv/_kernel_plan.py, all int32):
+//   groups  [ng][GRP_STRIDE]: F, fb0..fb3, seg_begin, seg_end, ent_begin, ent_end, woff16
+//   segs    [ns][SEG_STRIDE]: tap, e_local (first entry inside the group), count, nsplit, 0
+//   ents    [ne][2]:          tap, d (expanded segments, for the weight-gradient kernel)
+//   classes [nc][CLS_STRIDE]: tapmask, npos, pos_begin, delta[9] (pixel offsets per tap)
+//   pos     [npos][2]:        out pixel index in image, virtual input pixel index in image
+#pragma once
+
+#define PSC_GRP_STRIDE 10
+#define PSC_SEG_STRIDE 5
+#define PSC_CLS_STRIDE 12
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct {
+    const float* x;     // input, NHWC [B][in_pix][cin]
+    float* y;           // output, NHWC [B][out_pix][cout]
+    const float* w;     // packed weights
+    const float* bias;  // [cout] or NULL
+    int B, cin, cout, in_pix, out_pix;
+    const int* groups;
+    int ng;
+    const int* segs;
+    const int* ents;
+    const int* classes;
+    int nc;
+    const int* pos;
+    int nthreads;
+    int wrap;      // 1: diagonal d reads channels (d + j) mod cin (needs cin >= 16)
+    int pmax[3];   // largest pixel tile for F = 1, 2, 4 filter blocks (0: no cap)
+} psc_args;
+
+int psc_conv_generic(const psc_args* a);
+int psc_gradw_generic(const psc_args* a, const float* dy);
+int psc_conv_avx512(const psc_args* a);
+int psc_gradw_avx512(const psc_args* a, const float* dy);
+
+#ifdef __cplusplus
+}
+#endif

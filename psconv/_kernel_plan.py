@@ -1,0 +1,205 @@
+"""Plans for the compiled kernels: packed-weight layout and pixel classes (numpy, built once).
+
+Weight plan ("diagonal packing"): the lane dimension A is split into blocks of 16; lane j of
+block fb is a = 16*fb + 15 - j, paired with b = d + j of the reduction dimension for each
+diagonal d in [-15, B). All lanes of one (block, diagonal) then share a + b, so for periodic
+patterns they share one tap support: the kernel loops over exactly those taps, and the input
+it reads is 16 contiguous channels of a pixel. Blocks with identical per-diagonal tap sets
+are grouped (up to 4) so that one input load feeds several filter blocks. Any mask works (pSC
+just gets unions of taps, i.e. little saving), so correctness never depends on the family.
+
+Geometry plan: output pixels are grouped into classes with the same set of in-range taps
+(image border, and for the transposed convolution the stride parity), so a tile of pixels
+never tests bounds and skips taps that fall on padding for all of its pixels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+GRP_STRIDE = 10
+SEG_STRIDE = 5
+CLS_STRIDE = 12
+
+
+@dataclass
+class WeightPlan:
+    groups: np.ndarray  # int32 [ng, GRP_STRIDE]
+    segs: np.ndarray  # int32 [ns, SEG_STRIDE]
+    ents: np.ndarray  # int32 [ne, 2]
+    gather: np.ndarray  # int64 [total]: value index for each packed float, nnz for a zero
+    total: int  # packed floats
+    executed_macs_per_pixel: int  # lane-MACs the kernel executes per output pixel (no border)
+    needed_macs_per_pixel: int  # kept weights (= MACs per output pixel)
+    wrap: bool  # diagonals wrap around the reduction axis
+
+
+@dataclass
+class GeometryPlan:
+    classes: np.ndarray  # int32 [nc, CLS_STRIDE]
+    pos: np.ndarray  # int32 [npos, 2]
+    in_pix: int
+    out_pix: int
+
+
+def build_weight_plan(mask: np.ndarray, vidx: np.ndarray, max_f: int = 4) -> WeightPlan:
+    """Plan for ``out[a] += sum_{b,t} W[a,b,t] * in[b]`` with ``mask``/``vidx`` of shape [A, B, 9].
+
+    ``vidx`` holds the index of each kept weight in the value vector (-1 where not kept).
+    """
+    A, Bd, _ = mask.shape
+    nnz = int(mask.sum())
+    nfb = (A + 15) // 16
+    # With >= 16 channels diagonals wrap around the channel axis: no half-empty diagonals at
+    # the ends (for periodic patterns with m | B the tap sets are unchanged by the wrap).
+    wrap = Bd >= 16
+    j = np.arange(16)
+    a = (np.arange(nfb)[:, None] * 16 + 15 - j[None, :]).astype(np.int64)  # [nfb, 16]
+    d_all = np.arange(0, Bd) if wrap else np.arange(-15, Bd)
+    b = d_all[:, None] + j[None, :]  # [nd, 16]
+    if wrap:
+        b = b % Bd
+    a_ok = a < A
+    b_ok = (b >= 0) & (b < Bd)
+    ac = np.minimum(a, A - 1)
+    bc = np.clip(b, 0, Bd - 1)
+    ok = a_ok[:, None, :] & b_ok[None, :, :]  # [nfb, nd, 16]
+    m = mask[ac[:, None, :], bc[None, :, :]] & ok[..., None]  # [nfb, nd, 16, 9]
+    tapsets = m.any(axis=2)  # [nfb, nd, 9]
+    codes = (tapsets * (1 << np.arange(9))).sum(-1)  # [nfb, nd]
+    vi = np.where(ok[..., None], vidx[ac[:, None, :], bc[None, :, :]], -1)  # [nfb, nd, 16, 9]
+    vi = np.where(vi < 0, nnz, vi)
+
+    # Blocks with identical per-diagonal tap sets share every segment: group them.
+    by_sig: dict[bytes, list[int]] = {}
+    for fb in range(nfb):
+        by_sig.setdefault(codes[fb].tobytes(), []).append(fb)
+    block_groups: list[list[int]] = []
+    for fbs in by_sig.values():
+        i = 0
+        while i < len(fbs):
+            rest = len(fbs) - i
+            f = 4 if rest >= 4 and max_f >= 4 else (2 if rest >= 2 and max_f >= 2 else 1)
+            block_groups.append(fbs[i : i + f])
+            i += f
+    block_groups.sort(key=lambda g: g[0])
+
+    groups, segs, ents, gathers = [], [], [], []
+    woff16 = 0
+    executed = 0
+    for fbs in block_groups:
+        F = len(fbs)
+        code = codes[fbs[0]]
+        seg_begin = len(segs)
+        ent_begin = len(ents)
+        e_local = 0
+        t_parts, d_parts = [], []
+        # One segment per tap, diagonals ascending: long inner loops, sequential input reads.
+        for t in range(9):
+            dsel = np.nonzero((code >> t) & 1)[0]
+            if len(dsel) == 0:
+                continue
+            dv = d_all[dsel]
+            nsplit = int((dv <= Bd - 16).sum()) if wrap else 0
+            segs.append((t, e_local, len(dsel), nsplit, 0))
+            t_parts.append(np.full(len(dsel), t))
+            d_parts.append(dsel)
+            e_local += len(dsel)
+        if e_local == 0:
+            continue
+        t_arr = np.concatenate(t_parts)
+        di_arr = np.concatenate(d_parts)
+        ents.extend(zip(t_arr.tolist(), d_all[di_arr].tolist()))
+        # gather[e, f, j] = vi[fbs[f], d_e, j, t_e]
+        g = vi[np.asarray(fbs)[None, :, None], di_arr[:, None, None], j[None, None, :], t_arr[:, None, None]]
+        gathers.append(g.reshape(-1))
+        groups.append((F, *(fbs + [0] * (4 - F)), seg_begin, len(segs), ent_begin, len(ents), woff16))
+        woff16 += e_local * F
+        executed += e_local * F * 16
+    total = woff16 * 16
+    gather = np.concatenate(gathers) if gathers else np.zeros(0, dtype=np.int64)
+    return WeightPlan(
+        groups=np.ascontiguousarray(np.asarray(groups, dtype=np.int32).reshape(-1, GRP_STRIDE)),
+        segs=np.ascontiguousarray(np.asarray(segs, dtype=np.int32).reshape(-1, SEG_STRIDE)),
+        ents=np.ascontiguousarray(np.asarray(ents, dtype=np.int32).reshape(-1, 2)),
+        gather=gather.astype(np.int64),
+        total=total,
+        executed_macs_per_pixel=executed,
+        needed_macs_per_pixel=nnz,
+        wrap=wrap,
+    )
+
+
+def conv_plans(mask: np.ndarray) -> tuple[WeightPlan, WeightPlan]:
+    """Forward plan (lanes over filters) and grad-input plan (lanes over input channels).
+
+    ``mask`` is the layer's bool mask [Co, Ci, 9]; value indices follow the row-major order of
+    the kept positions, the order of ``PSConv2d.weight_values``.
+    """
+    flat = mask.reshape(-1)
+    vidx = np.full(flat.shape, -1, dtype=np.int64)
+    vidx[flat] = np.arange(int(flat.sum()))
+    vidx = vidx.reshape(mask.shape)
+    fwd = build_weight_plan(mask, vidx)
+    bwd = build_weight_plan(
+        np.ascontiguousarray(mask.transpose(1, 0, 2)), np.ascontiguousarray(vidx.transpose(1, 0, 2))
+    )
+    return fwd, bwd
+
+
+def build_geometry(mode: int, H: int, W: int, stride: tuple[int, int], pad: tuple[int, int]) -> GeometryPlan:
+    """Pixel classes for a 3x3 conv on an H x W input.
+
+    mode 0: forward, output pixels read input pixels (oy*s + ty - p, ox*s + tx - p).
+    mode 1: transposed (grad-input), pixels of the H x W image read the Ho x Wo gradient.
+    """
+    sh, sw = stride
+    ph, pw = pad
+    Ho = (H + 2 * ph - 3) // sh + 1
+    Wo = (W + 2 * pw - 3) // sw + 1
+    ty = np.arange(9) // 3
+    tx = np.arange(9) % 3
+    if mode == 0:
+        oy, ox = np.meshgrid(np.arange(Ho), np.arange(Wo), indexing="ij")
+        oy, ox = oy.reshape(-1), ox.reshape(-1)
+        iy = oy[:, None] * sh + ty[None, :] - ph
+        ix = ox[:, None] * sw + tx[None, :] - pw
+        valid = (iy >= 0) & (iy < H) & (ix >= 0) & (ix < W)
+        src = iy * W + ix
+        base = (oy * sh) * W + ox * sw
+        out_off = oy * Wo + ox
+        key_extra = np.zeros((len(oy), 2), dtype=np.int64)
+        in_pix, out_pix = H * W, Ho * Wo
+    else:
+        y, x = np.meshgrid(np.arange(H), np.arange(W), indexing="ij")
+        y, x = y.reshape(-1), x.reshape(-1)
+        ay = y[:, None] + ph - ty[None, :]
+        ax = x[:, None] + pw - tx[None, :]
+        valid = (ay % sh == 0) & (ax % sw == 0)
+        qy, qx = ay // sh, ax // sw
+        valid &= (qy >= 0) & (qy < Ho) & (qx >= 0) & (qx < Wo)
+        src = qy * Wo + qx
+        base = ((y + ph) // sh) * Wo + (x + pw) // sw
+        out_off = y * W + x
+        key_extra = np.stack([(y + ph) % sh, (x + pw) % sw], axis=1)
+        in_pix, out_pix = Ho * Wo, H * W
+    tapmask = (valid * (1 << np.arange(9))).sum(1)
+    keys = tapmask * 1024 + key_extra[:, 0] * 32 + key_extra[:, 1]
+    classes, pos = [], []
+    for k in np.unique(keys):
+        sel = np.nonzero(keys == k)[0]
+        tm = int(tapmask[sel[0]])
+        delta = np.where(valid[sel[0]], src[sel[0]] - base[sel[0]], 0)
+        dd = np.where(valid[sel], src[sel] - base[sel][:, None], 0)
+        if not (dd == delta[None, :]).all():  # pragma: no cover - by construction
+            raise AssertionError("inconsistent pixel class")
+        classes.append((tm, len(sel), len(pos), *delta.tolist()))
+        pos.extend(zip(out_off[sel].tolist(), base[sel].tolist()))
+    return GeometryPlan(
+        classes=np.ascontiguousarray(np.asarray(classes, dtype=np.int32).reshape(-1, CLS_STRIDE)),
+        pos=np.ascontiguousarray(np.asarray(pos, dtype=np.int32).reshape(-1, 2)),
+        in_pix=in_pix,
+        out_pix=out_pix,
+    )

@@ -1,0 +1,93 @@
+"""Load the compiled kernel library (built by ``setup.py``) through ctypes.
+
+The library has no Python or torch headers in it: it takes raw pointers, so it builds in pip's
+isolated environment. Loading never raises: when the library is missing or broken,
+``available()`` is False and the engine stays on the reference path.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import glob
+import os
+from pathlib import Path
+
+import torch  # noqa: F401  (loads torch's libgomp first, so the library shares its thread pool)
+
+__all__ = ["available", "isa", "lib", "load_error", "PscArgs", "library_path"]
+
+_PKG = Path(__file__).resolve().parent
+
+
+class PscArgs(ctypes.Structure):
+    _fields_ = [
+        ("x", ctypes.c_void_p),
+        ("y", ctypes.c_void_p),
+        ("w", ctypes.c_void_p),
+        ("bias", ctypes.c_void_p),
+        ("B", ctypes.c_int),
+        ("cin", ctypes.c_int),
+        ("cout", ctypes.c_int),
+        ("in_pix", ctypes.c_int),
+        ("out_pix", ctypes.c_int),
+        ("groups", ctypes.c_void_p),
+        ("ng", ctypes.c_int),
+        ("segs", ctypes.c_void_p),
+        ("ents", ctypes.c_void_p),
+        ("classes", ctypes.c_void_p),
+        ("nc", ctypes.c_int),
+        ("pos", ctypes.c_void_p),
+        ("nthreads", ctypes.c_int),
+        ("wrap", ctypes.c_int),
+        ("pmax", ctypes.c_int * 3),
+    ]
+
+
+def library_path() -> str | None:
+    """Path of the compiled library: $PSCONV_KERNEL_LIB, else the one next to this file."""
+    env = os.environ.get("PSCONV_KERNEL_LIB")
+    if env:
+        return env if os.path.exists(env) else None
+    hits = sorted(
+        glob.glob(str(_PKG / "_psconv_kernels*.so")) + glob.glob(str(_PKG / "_psconv_kernels*.pyd"))
+    )
+    return hits[0] if hits else None
+
+
+def _load() -> tuple[ctypes.CDLL | None, str | None]:
+    if os.environ.get("PSCONV_DISABLE_KERNELS", "") not in ("", "0"):
+        return None, "disabled by PSCONV_DISABLE_KERNELS"
+    path = library_path()
+    if path is None:
+        return (
+            None,
+            "compiled library not found (the build was skipped or failed); reinstall with a C++ compiler",
+        )
+    try:
+        handle = ctypes.CDLL(path)
+        if handle.psc_abi_version() != 2:
+            return None, f"{path}: unexpected ABI version"
+        for name in ("psc_conv",):
+            fn = getattr(handle, name)
+            fn.argtypes = [ctypes.POINTER(PscArgs)]
+            fn.restype = ctypes.c_int
+        handle.psc_gradw.argtypes = [ctypes.POINTER(PscArgs), ctypes.c_void_p]
+        handle.psc_gradw.restype = ctypes.c_int
+        handle.psc_isa.restype = ctypes.c_int
+    except (OSError, AttributeError) as exc:
+        return None, f"{path}: {exc}"
+    return handle, None
+
+
+lib, load_error = _load()
+
+
+def available() -> bool:
+    return lib is not None
+
+
+def isa() -> str:
+    """'avx512', 'generic' or 'none' (library not loaded)."""
+    if lib is None:
+        return "none"
+    return "avx512" if lib.psc_isa() == 1 else "generic"

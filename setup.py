@@ -1,0 +1,66 @@
+"""Build of the optional compiled kernels (metadata lives in pyproject.toml).
+
+The library is a plain C ABI shared object loaded with ctypes (``psconv/_kernels.py``): no
+Python or torch headers are needed, so it builds in pip's isolated build environment. It is
+compiled for baseline x86-64; the AVX-512 code is selected at run time (target pragmas plus
+``__builtin_cpu_supports``), so one build runs on any machine. When the compiler is missing
+or the build fails, installation still succeeds and psconv uses its reference path.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+SOURCES = ["csrc/dispatch.cpp", "csrc/kernels_generic.cpp", "csrc/kernels_avx512.cpp"]
+
+
+class OptionalBuildExt(build_ext):
+    """build_ext that warns instead of failing, and links the library without Python."""
+
+    def run(self) -> None:
+        try:
+            super().run()
+        except Exception as exc:  # noqa: BLE001 - any build problem must not break install
+            self._warn(exc)
+
+    def build_extension(self, ext: Extension) -> None:
+        try:
+            super().build_extension(ext)
+        except Exception as exc:  # noqa: BLE001
+            self._warn(exc)
+
+    def get_export_symbols(self, ext: Extension) -> list[str]:
+        # Not a Python module: there is no PyInit_ symbol to export.
+        return []
+
+    @staticmethod
+    def _warn(exc: BaseException) -> None:
+        print(
+            "WARNING: psconv's compiled kernels could not be built "
+            f"({type(exc).__name__}: {exc}); psconv will use its slower reference path.",
+            file=sys.stderr,
+        )
+
+
+ext = Extension(
+    "psconv._psconv_kernels",
+    sources=SOURCES,
+    depends=["csrc/psconv_kernels.h", "csrc/kernel_body.inc"],
+    include_dirs=["csrc"],
+    language="c++",
+    extra_compile_args=[
+        "-O3",
+        "-std=c++17",
+        "-fopenmp",
+        "-fno-math-errno",
+        "-g0",
+        "-Wno-maybe-uninitialized",
+    ],
+    # libgomp.so.1 resolves to the copy torch has already loaded: one shared thread pool.
+    extra_link_args=["-fopenmp"],
+)
+
+setup(ext_modules=[ext], cmdclass={"build_ext": OptionalBuildExt})

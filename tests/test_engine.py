@@ -1,0 +1,251 @@
+"""The compiled engine against the reference path (the oracle), backend switching and fallback."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from psconv import engine
+from psconv.layers import PSConv2d
+
+needs_kernels = pytest.mark.skipif(
+    not engine.kernels_available(), reason=f"compiled kernels unavailable: {engine.kernel_info()['error']}"
+)
+
+FAMILIES = ["PS4_P4", "PSD4_P8", "PSD2_P8", "PSD1_P16", "PS1_P9", "PS2_P6", "pSC4", "pSC1", "dense"]
+
+
+@pytest.fixture(autouse=True)
+def _restore_backend():
+    old = engine.get_backend()
+    yield
+    engine.set_backend(old)
+
+
+def _reference64(layer: PSConv2d, x: torch.Tensor, gout: torch.Tensor):
+    """Forward and gradients in float64 with the masked dense kernel (independent of the engine)."""
+    x64 = x.detach().double().requires_grad_(True)
+    v64 = layer.weight_values.detach().double().requires_grad_(True)
+    b64 = layer.bias.detach().double().requires_grad_(True) if layer.bias is not None else None
+    dense = torch.zeros(layer.mask.numel(), dtype=torch.float64).index_put((layer.flat_index,), v64)
+    y = F.conv2d(x64, dense.view(layer.weight_shape), b64, layer.stride, layer.padding)
+    inputs = [x64, v64] + ([b64] if b64 is not None else [])
+    grads = torch.autograd.grad(y, inputs, gout.double())
+    return y, grads
+
+
+def _fast(layer: PSConv2d, x: torch.Tensor, gout: torch.Tensor):
+    engine.set_backend("fast")
+    x = x.detach().requires_grad_(True)
+    y = layer(x)
+    inputs = [x, layer.weight_values] + ([layer.bias] if layer.bias is not None else [])
+    grads = torch.autograd.grad(y, inputs, gout)
+    return y, grads
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.detach().double(), b.detach().double()
+    return float((a - b).abs().max() / (b.abs().max() + 1e-30))
+
+
+def _check(pattern, ci, co, hw, stride=1, padding=1, batch=2, bias=True, seed=0, x=None):
+    torch.manual_seed(seed)
+    layer = PSConv2d(ci, co, 3, stride, padding, bias=bias, pattern=pattern, seed=seed)
+    if bias:
+        with torch.no_grad():
+            layer.bias.normal_()
+    if x is None:
+        x = torch.randn(batch, ci, *hw)
+    assert engine.fast_supported(layer, x) is None
+    with torch.no_grad():
+        shape = layer.reference_forward(x).shape
+    gout = torch.randn(shape)
+    y_ref, g_ref = _reference64(layer, x, gout)
+    y, g = _fast(layer, x, gout)
+    assert y.shape == y_ref.shape
+    assert _rel(y, y_ref) < 1e-4, "forward"
+    names = ["grad_input", "grad_weight", "grad_bias"]
+    for name, a, b in zip(names, g, g_ref):
+        assert a.shape == b.shape, name
+        assert _rel(a, b) < 1e-4, name
+
+
+@needs_kernels
+@pytest.mark.parametrize("pattern", FAMILIES)
+def test_families_odd_channels(pattern):
+    _check(pattern, 17, 70, (9, 7))
+    _check(pattern, 3, 5, (5, 6), batch=1)
+
+
+@needs_kernels
+@pytest.mark.parametrize("pattern", ["PS4_P4", "PSD1_P16", "PS1_P9", "pSC2"])
+def test_stride2_and_padding(pattern):
+    _check(pattern, 32, 48, (8, 8), stride=2)
+    _check(pattern, 16, 24, (7, 9), stride=2)
+    _check(pattern, 20, 16, (7, 7), stride=1, padding=0)
+    _check(pattern, 16, 16, (9, 8), stride=2, padding=0, bias=False)
+
+
+@needs_kernels
+@pytest.mark.parametrize("hw", [(1, 1), (2, 2), (4, 4), (3, 5)])
+def test_small_images(hw):
+    _check("PSD2_P8", 64, 40, hw, batch=3)
+    _check("PS4_P4", 128, 16, hw, batch=1)
+
+
+@needs_kernels
+def test_random_shapes():
+    rng = np.random.default_rng(1)
+    pats = ["PS4_P4", "PSD4_P8", "PSD2_P8", "PSD1_P16", "PS1_P9", "pSC2", "PS2_P3[01,34,78]"]
+    for i in range(10):
+        ci, co = (int(v) for v in rng.integers(1, 90, size=2))
+        hw = tuple(int(v) for v in rng.integers(1, 12, size=2))
+        stride = int(rng.integers(1, 3))
+        _check(pats[i % len(pats)], ci, co, hw, stride=stride, batch=int(rng.integers(1, 4)), seed=i)
+
+
+@needs_kernels
+def test_non_contiguous_and_channels_last_inputs():
+    base = torch.randn(2, 40, 12, 22)
+    _check("PSD4_P8", 20, 24, (12, 11), x=base[:, ::2, :, ::2])
+    _check("PS4_P4", 22, 18, (12, 22), x=base.transpose(2, 3).contiguous().transpose(2, 3)[:, 9:31])
+    _check("PS1_P9", 40, 40, (12, 22), x=base.contiguous(memory_format=torch.channels_last))
+
+
+@needs_kernels
+def test_output_is_standard_tensor_and_grad_weight_order():
+    layer = PSConv2d(32, 32, pattern="PSD2_P8")
+    x = torch.randn(2, 32, 6, 6)
+    engine.set_backend("fast")
+    y = layer(x)
+    assert y.shape == (2, 32, 6, 6) and y.dtype == torch.float32
+    engine.set_backend("reference")
+    assert torch.allclose(y.contiguous(), layer(x), atol=1e-5)
+    # grad-weight lands in weight_values order: compare with the masked dense gradient
+    engine.set_backend("fast")
+    layer.zero_grad()
+    layer(x).square().sum().backward()
+    fast_grad = layer.weight_values.grad.clone()
+    conv = layer.to_conv()
+    F.conv2d(x, conv.weight, conv.bias, 1, 1).square().sum().backward()
+    dense_grad = conv.weight.grad.reshape(-1)[layer.flat_index]
+    assert _rel(fast_grad, dense_grad) < 1e-4
+
+
+@needs_kernels
+def test_training_steps_match_reference():
+    torch.manual_seed(0)
+
+    def make():
+        torch.manual_seed(3)
+        return torch.nn.Sequential(
+            PSConv2d(16, 32, pattern="PSD1_P16"),
+            torch.nn.BatchNorm2d(32),
+            torch.nn.ReLU(),
+            PSConv2d(32, 32, stride=2, pattern="PS4_P4"),
+        )
+
+    data = torch.randn(4, 16, 8, 8)
+    results = []
+    for backend in ("reference", "fast"):
+        engine.set_backend(backend)
+        model = make()
+        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        for _ in range(3):
+            opt.zero_grad()
+            model(data).square().mean().backward()
+            opt.step()
+        results.append([p.detach().clone() for p in model.parameters()])
+    for a, b in zip(*results):
+        # biases feeding a BatchNorm get ~1e-10 gradients: judge them on an absolute scale
+        assert float((a - b).abs().max()) <= 1e-4 * max(float(b.abs().max()), 1e-3)
+
+
+@needs_kernels
+def test_auto_backend_choice():
+    engine.set_backend("auto")
+    x = torch.randn(1, 64, 8, 8)
+    assert engine.uses_fast(PSConv2d(64, 64, pattern="PS4_P4"), x)
+    assert engine.uses_fast(PSConv2d(64, 64, pattern="PSD1_P16"), x)
+    assert not engine.uses_fast(PSConv2d(64, 64, pattern="dense"), x)
+    assert not engine.uses_fast(PSConv2d(64, 64, pattern="pSC4"), x)
+    engine.set_backend("reference")
+    assert engine.fast_forward(PSConv2d(64, 64, pattern="PS4_P4"), x) is None
+
+
+def test_unsupported_inputs_fall_back():
+    layer = PSConv2d(8, 8, pattern="PS4_P4")
+    engine.set_backend("fast")
+    x64 = torch.randn(1, 8, 5, 5, dtype=torch.float64)
+    assert engine.fast_forward(layer, x64) is None
+    assert engine.fast_supported(layer, torch.empty(1, 8, 5, 5, device="meta")) is not None
+    layer64 = PSConv2d(8, 8, pattern="PS4_P4", dtype=torch.float64)
+    y = layer64(x64)  # reference path, float64 end to end
+    assert y.dtype == torch.float64
+
+
+def test_set_backend_validation():
+    with pytest.raises(ValueError):
+        engine.set_backend("bogus")
+    engine.set_backend("reference")
+    assert engine.get_backend() == "reference"
+
+
+def _run_py(code: str, **env: str) -> str:
+    full = dict(os.environ, **env)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=full, timeout=120)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip()
+
+
+def test_env_backend_and_missing_library():
+    code = (
+        "import torch; from psconv import engine; from psconv.layers import PSConv2d\n"
+        "l = PSConv2d(16, 16, pattern='PS4_P4'); x = torch.randn(1, 16, 6, 6)\n"
+        "y = l(x); r = l.reference_forward(x)\n"
+        "print(engine.get_backend(), engine.kernels_available(), float((y - r).abs().max()) < 1e-5)"
+    )
+    assert _run_py(code, PSCONV_BACKEND="reference") == f"reference {engine.kernels_available()} True"
+    assert _run_py(code, PSCONV_DISABLE_KERNELS="1", PSCONV_BACKEND="fast") == "fast False True"
+    assert _run_py(code, PSCONV_KERNEL_LIB="/nonexistent/lib.so") == "auto False True"
+
+
+@needs_kernels
+def test_generic_isa_path():
+    code = (
+        "import torch; from psconv import engine; from psconv.layers import PSConv2d\n"
+        "from psconv import _kernels; assert _kernels.isa() == 'generic'\n"
+        "engine.set_backend('fast'); torch.manual_seed(0)\n"
+        "ok = True\n"
+        "for pat, s in (('PSD4_P8', 1), ('PS1_P9', 2), ('pSC2', 1)):\n"
+        "    l = PSConv2d(20, 36, stride=s, pattern=pat); x = torch.randn(2, 20, 7, 7, requires_grad=True)\n"
+        "    y = l(x); y.square().sum().backward(); gx, gw = x.grad.clone(), l.weight_values.grad.clone()\n"
+        "    engine.set_backend('reference'); x.grad = None; l.weight_values.grad = None\n"
+        "    r = l(x); r.square().sum().backward(); engine.set_backend('fast')\n"
+        "    rel = lambda a, b: float((a - b).abs().max() / b.abs().max())\n"
+        "    ok &= rel(y, r) < 1e-4 and rel(gx, x.grad) < 1e-4 and rel(gw, l.weight_values.grad) < 1e-4\n"
+        "print(ok)"
+    )
+    assert _run_py(code, PSCONV_KERNEL_ISA="generic") == "True"
+
+
+@needs_kernels
+def test_models_match_reference_if_present():
+    psconv = pytest.importorskip("psconv")
+    if not hasattr(psconv, "create_model"):
+        pytest.skip("psconv.create_model not available yet")
+    torch.manual_seed(0)
+    model = psconv.create_model("resnet18", pattern="PSD1_P16", num_classes=10, image_size=32).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        engine.set_backend("reference")
+        ref = model(x)
+        engine.set_backend("fast")
+        fast = model(x)
+    assert _rel(fast, ref) < 1e-4
