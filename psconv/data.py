@@ -120,18 +120,18 @@ class ImageDataset:
 
     def subset(self, train: int | None = None, test: int | None = None, seed: int = 0) -> ImageDataset:
         """Keep ``train``/``test`` images drawn by a fixed permutation (class-sorted trees too)."""
-        rng = np.random.default_rng(seed)
 
-        def pick(x: np.ndarray, y: np.ndarray, n: int | None) -> tuple[np.ndarray, np.ndarray]:
+        def pick(x: np.ndarray, y: np.ndarray, n: int | None, split: int) -> tuple[np.ndarray, np.ndarray]:
             if n is None or n >= len(x):
                 return x, y
             if n < 1:
                 raise ValueError(f"a subset needs at least 1 image, got {n}")
-            idx = np.sort(rng.permutation(len(x))[:n])
+            # One stream per split: the test subset is the same whatever the train subset.
+            idx = np.sort(np.random.default_rng([seed, split]).permutation(len(x))[:n])
             return x[idx], y[idx]
 
-        x_train, y_train = pick(self.x_train, self.y_train, train)
-        x_test, y_test = pick(self.x_test, self.y_test, test)
+        x_train, y_train = pick(self.x_train, self.y_train, train, 0)
+        x_test, y_test = pick(self.x_test, self.y_test, test, 1)
         return ImageDataset(self.name, self.classes, x_train, y_train, x_test, y_test, self.source)
 
 
