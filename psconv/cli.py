@@ -13,7 +13,16 @@ from collections.abc import Sequence
 
 from .checkpoint import CheckpointError
 
-COMMAND_MODULES: list[str] = ["psconv.commands.profile_cmd"]
+COMMAND_MODULES: list[str] = [
+    "psconv.commands.profile_cmd",
+    "psconv.commands.inspect_cmd",
+    "psconv.commands.predict_cmd",
+    "psconv.commands.export_cmd",
+    "psconv.train",
+    "psconv.evaluate",
+    "psconv.commands.energy_cmd",
+    "psconv.commands.report_cmd",
+]
 
 
 class _Parser(argparse.ArgumentParser):

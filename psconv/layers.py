@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -67,9 +68,11 @@ class PSConv2d(nn.Module):
         mask = pattern_mask(self.pattern, out_channels, in_channels, kh, seed=self.seed)
         # Derived from (spec, shape, seed), so never saved: checkpoints stay index-free.
         self.register_buffer("mask", mask.to(device), persistent=False)
-        self.register_buffer("flat_index", mask.reshape(-1).nonzero().squeeze(1).to(device), persistent=False)
+        # numpy: torch's bool nonzero/sum take tens of ms on large layers
+        flat_index = torch.from_numpy(np.flatnonzero(mask.numpy()))
+        self.register_buffer("flat_index", flat_index.to(device), persistent=False)
         factory = {"device": device, "dtype": dtype}
-        self.weight_values = nn.Parameter(torch.empty(int(mask.sum()), **factory))
+        self.weight_values = nn.Parameter(torch.empty(flat_index.numel(), **factory))
         self.bias = nn.Parameter(torch.empty(out_channels, **factory)) if bias else None
         self.reset_parameters()
 

@@ -1,0 +1,81 @@
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from psconv.cli import main
+from psconv.report import complexity_rows, read_run, write_report
+
+PAPER = Path(__file__).resolve().parents[2] / "shared" / "reference" / "paper-results.csv"
+
+
+def fake_run(root: Path, name: str, model: str, pattern: str, accs: list[float]) -> Path:
+    """A run folder in the format psconv train writes (config.json + metrics.csv)."""
+    folder = root / name
+    folder.mkdir()
+    (folder / "config.json").write_text(
+        json.dumps({"model": model, "pattern": pattern, "dataset": "cifar10"})
+    )
+    with (folder / "metrics.csv").open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(
+            ["epoch", "lr", "train_loss", "train_top1", "test_loss", "test_top1", "test_top5", "seconds"]
+        )
+        for epoch, acc in enumerate(accs, 1):
+            writer.writerow([epoch, 0.1, 1.0, acc - 1, 1.1, acc, 95.0, 10.0])
+    return folder
+
+
+def test_read_run(tmp_path: Path) -> None:
+    run = read_run(fake_run(tmp_path, "a", "vgg16", "PSD1_P16", [40.0, 55.5, 50.0]))
+    assert run["best_top1"] == 55.5 and run["final_top1"] == 50.0 and run["seconds"] == 30.0
+
+
+def test_read_run_refuses_other_folders(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="not a run folder"):
+        read_run(tmp_path)
+
+
+def test_report_writes_tables_and_figures(tmp_path: Path) -> None:
+    runs = [
+        fake_run(tmp_path, "dense", "vgg16", "dense", [50.0, 60.0]),
+        fake_run(tmp_path, "psd1", "vgg16", "PSD1_P16", [45.0, 58.0]),
+    ]
+    timings = tmp_path / "t.json"
+    timings.write_text(json.dumps([{"model": "vgg16", "pattern": "PSD1_P16", "train_step_b128_ms": 400.0}]))
+    out = tmp_path / "out"
+    paper = PAPER if PAPER.exists() else None
+    result = write_report(runs, out, paper=paper, timings=timings)
+    text = (out / "report.md").read_text()
+    assert "| vgg16 | PSD1_P16 | cifar10 |" in text and "0.0537" in text and "Horowitz" in text
+    rows = {r["run"]: r for r in csv.DictReader((out / "runs.csv").open())}
+    assert float(rows["psd1"]["best_top1"]) == 58.0
+    assert float(rows["psd1"]["train_step_b128_ms"]) == 400.0
+    pytest.importorskip("matplotlib")
+    names = sorted(Path(f).name for f in result["figures"])
+    assert names == ["accuracy_vs_macs.png", "accuracy_vs_time.png", "training_curves.png"]
+    assert all((out / n).read_bytes()[:4] == b"\x89PNG" for n in names)
+
+
+def test_complexity_rows_cover_both_datasets() -> None:
+    rows = complexity_rows(("vgg16",))
+    tiny = {r["variant"]: r for r in rows if r["dataset"] == "tinyimagenet"}
+    cifar = {r["variant"]: r for r in rows if r["dataset"] == "cifar10"}
+    assert len(tiny) == len(cifar) == 13
+    # 64x64 input: 4x the conv MACs; classifier 2048x200 instead of 512x10
+    assert tiny["PSD1_P16"]["macs"] - 2048 * 200 == 4 * (cifar["PSD1_P16"]["macs"] - 5120)
+
+
+def test_cli_report_missing_run(tmp_path: Path, capsys) -> None:
+    assert main(["report", "--runs", str(tmp_path / "none"), "--out", str(tmp_path / "o")]) == 2
+    assert "not a run folder" in capsys.readouterr().err
+
+
+def test_cli_energy_override_changes_numbers(capsys) -> None:
+    main(["energy", "--model", "resnet18", "--pattern", "PS1_P9", "--json"])
+    base = json.loads(capsys.readouterr().out)
+    main(["energy", "--model", "resnet18", "--pattern", "PS1_P9", "--json", "--set", "dram_pj=100"])
+    cheap = json.loads(capsys.readouterr().out)
+    assert cheap["constants"]["dram_pj"] == 100
+    assert cheap["formats"]["csr"]["inference_uj"] < base["formats"]["csr"]["inference_uj"]
