@@ -1,0 +1,46 @@
+"""``psconv export``: write a checkpoint's model as ONNX or TorchScript for other runtimes."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from ..deploy import EXPORT_FORMATS, export_model
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "export",
+        help="export a checkpoint to ONNX or TorchScript (dense-equivalent graph)",
+        description=(
+            "Export the model as a dense-equivalent graph (the pattern's zeros written into "
+            "ordinary convolutions: runs on every runtime; pattern, params and MACs are in the "
+            "file's metadata). Input: float32 [N, 3, S, S] normalised RGB; output: logits. The "
+            "written file is run by its runtime and compared with psconv's model. An existing "
+            "file is never replaced without --force, and the checkpoint itself never."
+        ),
+    )
+    p.add_argument("--checkpoint", required=True, metavar="FILE", help="a psconv checkpoint")
+    p.add_argument("--format", required=True, choices=EXPORT_FORMATS, help="onnx or torchscript")
+    p.add_argument("--out", required=True, metavar="PATH", help="file to write")
+    p.add_argument("--force", action="store_true", help="overwrite PATH if it exists")
+    p.add_argument("--no-verify", action="store_true", help="do not run the exported file to check it")
+    p.add_argument("--json", action="store_true", help="print the metadata written as JSON")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    result = export_model(args.checkpoint, args.format, args.out, force=args.force, verify=not args.no_verify)
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    check = (
+        f"; max |difference| from psconv {result['max_abs_diff']:.2g}"
+        if "max_abs_diff" in result
+        else "; not verified"
+    )
+    print(
+        f"wrote {result['file']} ({args.format}, {result['file_bytes']:,} bytes, dense-equivalent graph): "
+        f"{result['model']} {result['pattern']}, {result['params']:,} params, {result['macs']:,} MACs{check}"
+    )
+    return 0
