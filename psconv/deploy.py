@@ -28,7 +28,7 @@ import math
 import os
 import tempfile
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -55,6 +55,7 @@ __all__ = [
     "PredictResult",
     "normalize",
     "run_exported",
+    "load_exported",
     "export_model",
     "export_metadata",
 ]
@@ -532,18 +533,28 @@ def _torchscript_bytes(dense: nn.Module, example: torch.Tensor, metadata: dict[s
     return buffer.getvalue()
 
 
-def run_exported(path: str | os.PathLike[str], fmt: str, x: torch.Tensor) -> torch.Tensor:
-    """Run an exported file on ``x`` with its own runtime (onnxruntime or torch.jit)."""
+def load_exported(path: str | os.PathLike[str], fmt: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Load an exported file with its own runtime (onnxruntime or torch.jit); returns ``x -> logits``."""
     if fmt == "onnx":
         import onnxruntime as ort
 
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        return torch.from_numpy(session.run(None, {"input": x.numpy()})[0])
+        return lambda x: torch.from_numpy(session.run(None, {"input": x.detach().cpu().numpy()})[0])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         module = torch.jit.load(str(path), map_location="cpu")
-        with torch.no_grad():
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
             return module(x)
+
+    return run
+
+
+def run_exported(path: str | os.PathLike[str], fmt: str, x: torch.Tensor) -> torch.Tensor:
+    """Run an exported file on ``x`` with its own runtime."""
+    return load_exported(path, fmt)(x)
 
 
 def _write_new_file(out: Path, payload: bytes, *, force: bool, protect: Path) -> None:
@@ -601,8 +612,10 @@ def export_model(
     out_path = Path(out)
     if out_path.is_dir():
         raise ValueError(f"--out {str(out_path)!r} is a directory; name the file to write")
+    # Checked before the (slow) export as well as at the end, where the write is atomic.
+    if out_path.exists() and Path(checkpoint).exists() and os.path.samefile(out_path, checkpoint):
+        raise ValueError(f"--out {str(out_path)!r} is the checkpoint being exported; choose another name")
     if out_path.exists() and not force:
-        # Checked before the (slow) export as well as atomically at the end.
         raise ValueError(f"{str(out_path)!r} already exists; pass --force to overwrite it")
     deploy = load_for_inference(checkpoint)
     metadata = export_metadata(deploy)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import tarfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -52,21 +53,35 @@ def _calibration_batch(size: int) -> torch.Tensor:
     npz = shared_data_dir() / "cifar10-exact-subset.npz"
     if npz.is_file():
         with np.load(npz) as z:
-            images = z["x_train"][:64]
+            images = z["x_train"][: 24 if size == 32 else 8]
     else:
-        images = np.random.default_rng(0).integers(0, 256, (64, 32, 32, 3), dtype=np.uint8)
+        images = np.random.default_rng(0).integers(0, 256, (24, 32, 32, 3), dtype=np.uint8)
     x = DeviceData(images, np.zeros(len(images), dtype=np.int64), "cpu", pad=0).normalize(
         torch.from_numpy(images).permute(0, 3, 1, 2)
     )
     return torch.nn.functional.interpolate(x, size=size, mode="bilinear") if size != 32 else x
 
 
-@pytest.fixture(scope="module")
-def vgg_ckpt(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, torch.nn.Module]:
-    model = spread_weights(psconv.create_model("vgg16", "PSD1_P16"))
-    path = tmp_path_factory.mktemp("ckpt") / "vgg.ckpt"
-    psconv.save(model, path, dataset="cifar10", epoch=3, test_top1=12.5)
-    return path, model
+@pytest.fixture(scope="session")
+def sparse_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], tuple[Path, torch.nn.Module]]:
+    """``get(name) -> (checkpoint path, model)``: a PSD1_P16 CIFAR-10 model with spread weights,
+    built once per session on first use (shared with test_export.py)."""
+    cache: dict[str, tuple[Path, torch.nn.Module]] = {}
+
+    def get(name: str) -> tuple[Path, torch.nn.Module]:
+        if name not in cache:
+            model = spread_weights(psconv.create_model(name, "PSD1_P16"))
+            path = tmp_path_factory.mktemp("ckpt") / f"{name}.ckpt"
+            psconv.save(model, path, dataset="cifar10", epoch=3, test_top1=12.5)
+            cache[name] = (path, model)
+        return cache[name]
+
+    return get
+
+
+@pytest.fixture
+def vgg_ckpt(sparse_ckpt: Callable[[str], tuple[Path, torch.nn.Module]]) -> tuple[Path, torch.nn.Module]:
+    return sparse_ckpt("vgg16")
 
 
 @pytest.fixture(scope="module")
@@ -189,21 +204,22 @@ def test_predict_other_pixel_modes(tmp_path: Path, mode: str) -> None:
     assert deploy.load_image(tmp_path / "x.png", 32).shape == (32, 32, 3)
 
 
-def test_predict_tinyimagenet_val_image(tmp_path: Path) -> None:
+def test_predict_tinyimagenet_image(tmp_path: Path) -> None:
     from conftest import shared_file
 
     tar_path = shared_file("tiny-imagenet-200-sample.tar.gz")
     with tarfile.open(tar_path) as tar:
         for member in tar:
-            if member.isfile() and "/val/images/" in member.name:
+            # A training image: they come first in the archive, the val images after 20k entries.
+            if member.isfile() and member.name.endswith(".JPEG"):
                 raw = tar.extractfile(member).read()  # type: ignore[union-attr]
                 break
-    (tmp_path / "val.JPEG").write_bytes(raw)
+    (tmp_path / "real.JPEG").write_bytes(raw)
     model = spread_weights(psconv.create_model("vgg16", "PSD2_P8", num_classes=4, image_size=64))
     ckpt = tmp_path / "t.ckpt"
     psconv.save(model, ckpt, dataset="tinyimagenet", classes=["a", "b", "c", "d"])
     dm = deploy.load_for_inference(ckpt)
-    result = deploy.predict_files(dm, [tmp_path / "val.JPEG"], top_k=10)
+    result = deploy.predict_files(dm, [tmp_path / "real.JPEG"], top_k=10)
     (pred,) = result.predictions
     pixels = np.array(Image.open(io.BytesIO(raw)).convert("RGB"))[None]
     assert pred["top"][0]["index"] == _reference_top1(model, pixels)[0]
