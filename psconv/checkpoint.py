@@ -230,7 +230,7 @@ def _tensors(header: dict[str, Any], data: memoryview, name: str) -> list[torch.
             chunk = bytearray(data[offset : offset + nbytes])
             flat = torch.frombuffer(chunk, dtype=dtype) if nbytes else torch.empty(0, dtype=dtype)
             tensors.append(flat.reshape(shape))
-    except (KeyError, TypeError, ValueError, RuntimeError):
+    except (KeyError, TypeError, ValueError, RuntimeError, OverflowError):
         raise CheckpointError(f"checkpoint {name!r} has a corrupt tensor table") from None
     return tensors
 
@@ -272,7 +272,7 @@ def _restore(
         config = dict(header.get("config") or {})
         layers = dict(header.get("sparse_layers") or {})
         meta = dict(header.get("meta") or {})
-    except (KeyError, IndexError, TypeError, ValueError, AttributeError):
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError, RecursionError):
         raise CheckpointError(f"checkpoint {name!r} has a corrupt header") from None
     if model is None:
         if "name" not in config:
@@ -283,18 +283,41 @@ def _restore(
 
         try:
             build = {k: config[k] for k in ("name", "num_classes", "image_size")}
+            _refuse_oversized(build, tensors)
             model = create_model(**build)
-        except (ValueError, TypeError) as exc:
+        except (ValueError, TypeError, RuntimeError, MemoryError, OverflowError) as exc:
             raise CheckpointError(f"checkpoint {name!r}: cannot rebuild its model: {exc}") from None
         model.psconv_config = config  # type: ignore[assignment]
     try:
         apply_sparse_layers(model, layers)
         model.load_state_dict(state, strict=True)
-    except (ValueError, RuntimeError, TypeError) as exc:
+    except (ValueError, RuntimeError, TypeError, KeyError, OverflowError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"checkpoint {name!r} does not match its model: {first}") from None
     model.to(map_location)
     return Checkpoint(model=model, config=config, meta=meta, extra=extra)
+
+
+def _refuse_oversized(build: dict[str, Any], tensors: list[torch.Tensor]) -> None:
+    """Refuse a header whose ``num_classes``/``image_size`` describe a network far larger than
+    the tensors stored: ``create_model`` would allocate and initialise every weight (gigabytes,
+    or an out-of-memory kill) before ``load_state_dict`` could notice. The network is laid out on
+    the meta device (no memory, no init); a real file keeps at least 1 of 9 weights of a layer.
+    """
+    from .models import _REGISTRY
+
+    classes, size = build["num_classes"], build["image_size"]
+    builder = _REGISTRY.get(build["name"]) if isinstance(build["name"], str) else None
+    if builder is None or not isinstance(classes, int) or not isinstance(size, int):
+        return  # create_model names the problem
+    if classes < 1 or size < 32 or size % 32:
+        return
+    with torch.device("meta"):
+        probe = builder(classes, size)
+    needed = sum(p.numel() for p in probe.parameters())
+    stored = sum(t.numel() for t in tensors)
+    if needed > 9 * stored + 1_000_000:
+        raise ValueError(f"its header describes a network of {needed:,} weights, the file stores {stored:,}")
 
 
 def load(
