@@ -10,9 +10,11 @@ Backends (``set_backend`` or the environment variable ``PSCONV_BACKEND``):
   (CUDA, other dtypes, other kernel sizes, library not built) the layer silently falls back to
   the reference path, so a model never breaks because of the backend switch; use
   :func:`fast_supported` to ask why a call would fall back.
-- ``'auto'`` (default): like 'fast', but only for layers whose packed kernel executes clearly
-  fewer multiply-adds than the dense kernel (the measured break-even is a lane-MAC ratio of
-  about 1.3); random ``pSC`` masks and dense patterns therefore stay on oneDNN.
+- ``'auto'`` (default): like 'fast', but only for layers where a simple model predicts a clear
+  win: dense MACs / MACs the packed kernel executes, times the kernel's measured efficiency
+  relative to oneDNN (lower when few filter blocks share a tap set, as with period 9), must
+  reach ``AUTO_MIN_RATIO``. Random ``pSC`` masks (tap unions cover nearly all 9 positions) and
+  dense patterns therefore stay on oneDNN.
 
 The kernels work on NHWC (``torch.channels_last``) tensors: an NCHW input is converted once,
 and the output is returned channels_last, so the following BN/ReLU/pool layers and the next
@@ -25,7 +27,7 @@ from __future__ import annotations
 import ctypes
 import os
 import weakref
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -49,9 +51,9 @@ _backend = os.environ.get("PSCONV_BACKEND", "auto")
 if _backend not in BACKENDS:
     _backend = "auto"
 
-# 'auto' uses the kernel when dense MACs / executed lane-MACs is at least this; below it
-# oneDNN's higher efficiency wins (measured in benchmarks/bench_layers.py).
-AUTO_MIN_RATIO = 1.3
+# 'auto' uses the kernel when the expected speedup (dense MACs / executed lane-MACs, times the
+# kernel's relative efficiency) is at least this; below it oneDNN is the safer choice.
+AUTO_MIN_RATIO = 1.25
 
 
 def set_backend(name: str) -> None:
@@ -98,15 +100,79 @@ class _PlanTensors:
     total: int
     ratio: float  # dense MACs / executed lane-MACs
     wrap: bool
+    efficiency: float  # expected speed relative to dense per executed MAC (measured, per group width)
 
 
-@dataclass
+class _Plans:
+    """Kernel plans of one mask; shared by every layer with the same (pattern, shape, seed)."""
+
+    def __init__(self, mask: torch.Tensor) -> None:
+        self.mask = mask
+        self.co, self.ci = mask.shape[0], mask.shape[1]
+        self._np = mask.detach().cpu().reshape(self.co, self.ci, 9).numpy().astype(bool)
+        self.nnz = int(self._np.sum())
+        self._fwd: _PlanTensors | None = None
+        self._bwd: _PlanTensors | None = None
+        self._inverse: torch.Tensor | None = None
+
+    def _vidx(self) -> np.ndarray:
+        flat = self._np.reshape(-1)
+        vidx = np.full(flat.shape, -1, dtype=np.int64)
+        vidx[flat] = np.arange(self.nnz)
+        return vidx.reshape(self._np.shape)
+
+    @property
+    def fwd(self) -> _PlanTensors:
+        if self._fwd is None:
+            from ._kernel_plan import build_weight_plan
+
+            plan = build_weight_plan(self._np, self._vidx())
+            self._fwd = _to_plan_tensors(plan, self.co * self.ci * 9)
+            inverse = np.full(self.nnz, -1, dtype=np.int64)
+            sel = plan.gather < self.nnz
+            inverse[plan.gather[sel]] = np.nonzero(sel)[0]
+            if (inverse < 0).any():  # pragma: no cover - the plan covers every kept weight
+                raise AssertionError("packed plan misses kept weights")
+            self._inverse = torch.from_numpy(inverse)
+        return self._fwd
+
+    @property
+    def bwd(self) -> _PlanTensors:
+        # Built on the first backward only: inference never needs the transposed plan.
+        if self._bwd is None:
+            from ._kernel_plan import build_weight_plan
+
+            mt = np.ascontiguousarray(self._np.transpose(1, 0, 2))
+            vt = np.ascontiguousarray(self._vidx().transpose(1, 0, 2))
+            self._bwd = _to_plan_tensors(build_weight_plan(mt, vt), self.co * self.ci * 9)
+        return self._bwd
+
+    @property
+    def inverse(self) -> torch.Tensor:
+        self.fwd  # noqa: B018 - builds the inverse as a side effect
+        assert self._inverse is not None
+        return self._inverse
+
+
 class _LayerState:
-    fwd: _PlanTensors
-    bwd: _PlanTensors
-    inverse: torch.Tensor  # packed position of each value (for grad-weight)
-    nnz: int
-    cache: dict[str, tuple[tuple[int, int], torch.Tensor]] = field(default_factory=dict)
+    """Per-layer view: shared plans plus this layer's packed-weight cache."""
+
+    def __init__(self, plans: _Plans) -> None:
+        self.plans = plans
+        self.mask_ref: torch.Tensor | None = None  # the layer's mask buffer when this was made
+        self.cache: dict[str, tuple[tuple[int, int], torch.Tensor]] = {}
+
+    @property
+    def fwd(self) -> _PlanTensors:
+        return self.plans.fwd
+
+    @property
+    def bwd(self) -> _PlanTensors:
+        return self.plans.bwd
+
+    @property
+    def inverse(self) -> torch.Tensor:
+        return self.plans.inverse
 
     def packed(self, which: str, values: torch.Tensor) -> torch.Tensor:
         # Packing is a gather of nnz floats; cached per (storage, version) for inference.
@@ -122,6 +188,7 @@ class _LayerState:
 
 
 _states: weakref.WeakKeyDictionary[Any, _LayerState] = weakref.WeakKeyDictionary()
+_plans: dict[tuple[Any, ...], _Plans] = {}
 _geometries: dict[
     tuple[int, int, int, tuple[int, int], tuple[int, int]], tuple[Any, torch.Tensor, torch.Tensor]
 ] = {}
@@ -136,30 +203,38 @@ def _to_plan_tensors(plan: Any, dense_macs: int) -> _PlanTensors:
         total=plan.total,
         ratio=dense_macs / max(plan.executed_macs_per_pixel, 1),
         wrap=plan.wrap,
+        efficiency=_efficiency(plan.groups),
     )
+
+
+# Kernel speed per executed MAC relative to oneDNN dense, by filter blocks per tile (F): one
+# input load feeds F FMAs, and with F = 1 the kernel is load-bound (measured on Zen 5 and
+# Sapphire Rapids class cores, 64-512 channels).
+_F_EFFICIENCY = {1: 0.35, 2: 0.65, 4: 0.9}
+
+
+def _efficiency(groups: np.ndarray) -> float:
+    if len(groups) == 0:
+        return 1.0
+    f = groups[:, 0].astype(np.float64)
+    work = (groups[:, 8] - groups[:, 7]).astype(np.float64) * f
+    eff = np.array([_F_EFFICIENCY.get(int(v), 0.35) for v in f])
+    return float((work * eff).sum() / max(work.sum(), 1.0))
 
 
 def _state(layer: PSConv2d) -> _LayerState:
     st = _states.get(layer)
-    if st is not None:
+    if st is not None and st.mask_ref is layer.mask:
         return st
-    from ._kernel_plan import conv_plans
-
-    mask = layer.mask.detach().cpu().reshape(layer.out_channels, layer.in_channels, 9).numpy().astype(bool)
-    fwd, bwd = conv_plans(mask)
-    nnz = int(mask.sum())
-    inverse = np.full(nnz, -1, dtype=np.int64)
-    sel = fwd.gather < nnz
-    inverse[fwd.gather[sel]] = np.nonzero(sel)[0]
-    if (inverse < 0).any():  # pragma: no cover - the plan covers every kept weight
-        raise AssertionError("packed plan misses kept weights")
-    dense = layer.out_channels * layer.in_channels * 9
-    st = _LayerState(
-        fwd=_to_plan_tensors(fwd, dense),
-        bwd=_to_plan_tensors(bwd, dense),
-        inverse=torch.from_numpy(inverse),
-        nnz=nnz,
-    )
+    # The mask is a function of (pattern, shape, seed): copies of a model share plans.
+    key = (layer.pattern.name, layer.out_channels, layer.in_channels, layer.seed)
+    plans = _plans.get(key)
+    mask = layer.mask.detach().cpu()
+    if plans is None or not torch.equal(plans.mask.cpu(), mask):
+        plans = _Plans(mask.clone())
+        _plans[key] = plans
+    st = _LayerState(plans)
+    st.mask_ref = layer.mask
     _states[layer] = st
     return st
 
@@ -318,7 +393,8 @@ def uses_fast(layer: PSConv2d, x: torch.Tensor) -> bool:
         return False
     if _backend == "fast":
         return True
-    return _state(layer).fwd.ratio >= AUTO_MIN_RATIO
+    fwd = _state(layer).fwd
+    return fwd.ratio * fwd.efficiency >= AUTO_MIN_RATIO
 
 
 def fast_forward(layer: PSConv2d, x: torch.Tensor) -> torch.Tensor | None:

@@ -1,0 +1,489 @@
+"""``psconv bench``: wall-clock speed of pattern-sparse models against dense and masked-dense.
+
+For each model and pattern, three implementations of the same network are timed in one run,
+interleaved (every round runs each once), and the median of the rounds is reported:
+
+- ``dense``: the network with ordinary ``nn.Conv2d`` layers (``densify``), the best of NCHW
+  and channels-last inputs/weights, i.e. oneDNN at its best;
+- ``masked``: the pattern model on the reference path (scatter the kept weights into a dense
+  kernel, then ``F.conv2d``), which is what the authors' masking code costs;
+- ``psconv``: the pattern model on the engine's ``auto`` backend (compiled kernels where they
+  win), the best of NCHW and channels-last.
+
+Cases: forward at batch 1 and at the large batch (eval mode, no grad), and a training step at
+the large batch (forward, cross-entropy, backward, SGD with momentum). Per layer, each
+pattern-sparse conv is timed alone on its real input shape (forward, and forward+backward).
+The ideal ratio beside each speedup is dense MACs / kept MACs (from :func:`psconv.profile`).
+Peak memory of a training step is the max RSS growth of a fresh subprocess over one step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import engine
+from .layers import PSConv2d
+
+__all__ = ["add_parser", "run", "bench_model", "DEFAULT_PATTERNS", "DEFAULT_MODELS"]
+
+DEFAULT_PATTERNS = ("PS4_P4", "PSD4_P8", "PSD2_P8", "PSD1_P16", "PS1_P9")
+DEFAULT_MODELS = ("vgg16", "resnet18")
+_CL = torch.channels_last
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="time sparse models against dense and masked-dense (CPU)")
+    p.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS), help="models to time")
+    p.add_argument("--patterns", nargs="+", default=list(DEFAULT_PATTERNS), help="pattern specs")
+    p.add_argument("--batch", type=int, default=128, help="large batch (forward and training step)")
+    p.add_argument("--image-size", type=int, default=32, help="input side (32: CIFAR-10)")
+    p.add_argument("--repeats", type=int, default=5, help="interleaved rounds (median is reported)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--quick", action="store_true", help="few repeats, batch 8, no per-layer or memory runs")
+    p.add_argument("--no-layers", action="store_true", help="skip the per-layer timings")
+    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
+    p.add_argument("--cases", nargs="+", default=["fwd1", "fwd", "train"], choices=["fwd1", "fwd", "train"])
+    p.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    p.add_argument("--output", help="also write the JSON to this file")
+    p.set_defaults(func=run)
+
+
+# ----------------------------------------------------------------------------- timing helpers
+@contextlib.contextmanager
+def _backend(name: str) -> Iterator[None]:
+    old = engine.get_backend()
+    engine.set_backend(name)
+    try:
+        yield
+    finally:
+        engine.set_backend(old)
+
+
+def _calibrate(fn: Callable[[], Any], target_s: float) -> int:
+    """Calls per sample so that one sample lasts about ``target_s`` (short calls are noisy)."""
+    fn()
+    if target_s < 0.01:  # smoke runs: one call per sample
+        return 1
+    t = time.perf_counter()
+    fn()
+    dt = max(time.perf_counter() - t, 1e-6)
+    return max(1, min(200, int(target_s / dt)))
+
+
+# Sample length multiplier; --quick shrinks it so that a smoke run takes seconds.
+_SAMPLE_SCALE = 1.0
+
+
+def _interleaved(fns: dict[str, Callable[[], Any]], repeats: int, target_s: float) -> dict[str, float]:
+    """Median seconds per call of each function, sampled round-robin so that load drifts hit all."""
+    target_s *= _SAMPLE_SCALE
+    calls = {k: _calibrate(f, target_s) for k, f in fns.items()}
+    samples: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, f in fns.items():
+            n = calls[k]
+            t = time.perf_counter()
+            for _ in range(n):
+                f()
+            samples[k].append((time.perf_counter() - t) / n)
+    return {k: statistics.median(v) for k, v in samples.items()}
+
+
+def _forward_fn(model: nn.Module, x: torch.Tensor, backend: str) -> Callable[[], Any]:
+    def fn() -> None:
+        with _backend(backend), torch.no_grad():
+            model(x)
+
+    return fn
+
+
+def _train_fn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, backend: str) -> Callable[[], Any]:
+    # A small learning rate keeps the weights finite over many timed steps.
+    opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9, weight_decay=5e-4)
+
+    def fn() -> None:
+        with _backend(backend):
+            opt.zero_grad(set_to_none=True)
+            F.cross_entropy(model(x), y).backward()
+            opt.step()
+
+    return fn
+
+
+# ----------------------------------------------------------------------------- models
+def _variants(name: str, pattern: str, image_size: int) -> tuple[nn.Module, nn.Module]:
+    from .convert import densify
+    from .models import create_model
+
+    sparse = create_model(name, pattern, num_classes=10, image_size=image_size)
+    dense = densify(sparse)
+    return sparse, dense
+
+
+def _ideal(model: nn.Module, image_size: int) -> tuple[float, dict[str, float]]:
+    from .profile import profile
+
+    prof = profile(model, (1, 3, image_size, image_size), file_size=False)
+    per_layer = {
+        layer["name"]: layer["dense_macs"] / max(layer["macs"], 1)
+        for layer in prof["layers"]
+        if layer.get("type") == "PSConv2d"
+    }
+    return prof["dense_macs"] / max(prof["macs"], 1), per_layer
+
+
+def _both_layouts(model: nn.Module) -> tuple[nn.Module, nn.Module]:
+    return model, copy.deepcopy(model).to(memory_format=_CL)
+
+
+def _case_inputs(case: str, batch: int, image_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    b = 1 if case == "fwd1" else batch
+    return torch.randn(b, 3, image_size, image_size), torch.randint(0, 10, (b,))
+
+
+def _time_case(
+    case: str,
+    dense: nn.Module,
+    sparse: dict[str, nn.Module],
+    batch: int,
+    image_size: int,
+    repeats: int,
+) -> dict[str, float]:
+    """Median seconds for dense (NCHW, CL), and per pattern masked and psconv (NCHW, CL)."""
+    x, y = _case_inputs(case, batch, image_size)
+    xcl = x.contiguous(memory_format=_CL)
+    fns: dict[str, Callable[[], Any]] = {}
+    train = case == "train"
+    models: list[tuple[str, nn.Module, str]] = []
+    d_nchw, d_cl = _both_layouts(dense)
+    models += [("dense/nchw", d_nchw, "reference"), ("dense/cl", d_cl, "reference")]
+    for pat, m in sparse.items():
+        m_nchw, m_cl = _both_layouts(m)
+        models += [(f"{pat}/masked", m_nchw, "reference"), (f"{pat}/psconv/nchw", m_nchw, "auto")]
+        models += [(f"{pat}/psconv/cl", m_cl, "auto")]
+    for key, model, backend in models:
+        inp = xcl if key.endswith("/cl") else x
+        if train:
+            model.train()
+            fns[key] = _train_fn(model, inp, y, backend)
+        else:
+            model.eval()
+            fns[key] = _forward_fn(model, inp, backend)
+    return _interleaved(fns, repeats, target_s=0.3 if train else 0.15)
+
+
+# ----------------------------------------------------------------------------- per layer
+def _layer_inputs(
+    model: nn.Module, batch: int, image_size: int
+) -> list[tuple[str, PSConv2d, tuple[int, ...]]]:
+    found: list[tuple[str, PSConv2d, tuple[int, ...]]] = []
+    hooks = []
+    for name, mod in model.named_modules():
+        if isinstance(mod, PSConv2d):
+
+            def hook(m: nn.Module, inp: tuple[torch.Tensor, ...], name: str = name) -> None:
+                found.append((name, m, tuple(inp[0].shape)))  # type: ignore[arg-type]
+
+            hooks.append(mod.register_forward_pre_hook(hook))
+    try:
+        with torch.no_grad(), _backend("reference"):
+            model.eval()(torch.zeros(batch, 3, image_size, image_size))
+    finally:
+        for h in hooks:
+            h.remove()
+    return found
+
+
+def _bench_layer(layer: PSConv2d, shape: tuple[int, ...], repeats: int, train: bool) -> dict[str, float]:
+    conv = layer.to_conv()
+    conv_cl = copy.deepcopy(conv).to(memory_format=_CL)
+    x = torch.randn(shape)
+    xcl = x.contiguous(memory_format=_CL)
+    if train:
+        x.requires_grad_(True)
+        xcl.requires_grad_(True)
+
+    def call(mod: nn.Module, inp: torch.Tensor, backend: str) -> Callable[[], Any]:
+        def fn() -> None:
+            with _backend(backend):
+                if train:
+                    mod(inp).sum().backward()
+                else:
+                    with torch.no_grad():
+                        mod(inp)
+
+        return fn
+
+    fns = {
+        "dense/nchw": call(conv, x, "reference"),
+        "dense/cl": call(conv_cl, xcl, "reference"),
+        "masked": call(layer, x, "reference"),
+        "psconv": call(layer, xcl, "auto"),
+    }
+    return _interleaved(fns, repeats, target_s=0.05)
+
+
+def _layer_table(
+    sparse: nn.Module,
+    ideal_layers: dict[str, float],
+    batch: int,
+    image_size: int,
+    repeats: int,
+    cases: list[str],
+) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    cache: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for case in cases:
+        b = 1 if case == "fwd1" else batch
+        for name, layer, shape in _layer_inputs(sparse, b, image_size):
+            key = (case, shape, layer.out_channels, layer.stride, layer.padding)
+            if key not in cache:
+                t = _bench_layer(layer, shape, repeats, train=case == "train")
+                dense = min(t["dense/nchw"], t["dense/cl"])
+                x = torch.empty(shape)
+                cache[key] = {
+                    "dense_ms": dense * 1e3,
+                    "masked_ms": t["masked"] * 1e3,
+                    "psconv_ms": t["psconv"] * 1e3,
+                    "speedup": dense / t["psconv"],
+                    "speedup_vs_masked": t["masked"] / t["psconv"],
+                    "kernel": "fast" if engine.uses_fast(layer, x) else "reference",
+                }
+            rows.append(
+                {
+                    "case": case,
+                    "layer": name,
+                    "shape": f"{layer.in_channels}->{layer.out_channels} @{shape[2]}x{shape[3]} s{layer.stride[0]}",
+                    "ideal": ideal_layers.get(name, float("nan")),
+                    **cache[key],
+                }
+            )
+    return rows
+
+
+# ----------------------------------------------------------------------------- memory
+_PROBE = """
+import resource, sys, torch, torch.nn.functional as F
+from psconv import engine
+from psconv.convert import densify
+from psconv.models import create_model
+name, pattern, variant, batch, size, threads = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
+if threads:
+    torch.set_num_threads(threads)
+model = create_model(name, pattern, num_classes=10, image_size=size)
+if variant == 'dense':
+    model = densify(model)
+engine.set_backend('reference' if variant in ('dense', 'masked') else 'auto')
+opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
+x, y = torch.randn(batch, 3, size, size), torch.randint(0, 10, (batch,))
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+for _ in range(2):
+    opt.zero_grad(set_to_none=True)
+    F.cross_entropy(model(x), y).backward()
+    opt.step()
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print((peak - base) / 1024, peak / 1024)
+"""
+
+
+def _peak_memory(
+    name: str, pattern: str, variant: str, batch: int, size: int, threads: int
+) -> dict[str, float]:
+    """MiB of max-RSS growth over two training steps in a fresh process, and the absolute peak."""
+    cmd = [sys.executable, "-c", _PROBE, name, pattern, variant, str(batch), str(size), str(threads)]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=dict(os.environ))
+    if out.returncode != 0:
+        return {"step_mib": float("nan"), "peak_rss_mib": float("nan")}
+    step, peak = (float(v) for v in out.stdout.split()[-2:])
+    return {"step_mib": step, "peak_rss_mib": peak}
+
+
+# ----------------------------------------------------------------------------- driver
+def bench_model(
+    name: str,
+    patterns: list[str],
+    batch: int = 128,
+    image_size: int = 32,
+    repeats: int = 5,
+    cases: list[str] | None = None,
+    layers: bool = True,
+    memory: bool = True,
+    threads: int = 0,
+) -> dict[str, Any]:
+    """Time one model over several patterns; the structure of ``psconv bench --json``."""
+    cases = list(cases or ["fwd1", "fwd", "train"])
+    torch.manual_seed(0)
+    sparse: dict[str, nn.Module] = {}
+    ideal: dict[str, tuple[float, dict[str, float]]] = {}
+    dense: nn.Module | None = None
+    for pat in patterns:
+        s, d = _variants(name, pat, image_size)
+        sparse[pat] = s
+        ideal[pat] = _ideal(s, image_size)
+        dense = dense or d
+    assert dense is not None
+    result: dict[str, Any] = {"model": name, "dense": {}, "patterns": {p: {} for p in patterns}}
+    for case in cases:
+        t = _time_case(case, dense, sparse, batch, image_size, repeats)
+        d_best = min(t["dense/nchw"], t["dense/cl"])
+        result["dense"][case] = {
+            "ms": d_best * 1e3,
+            "nchw_ms": t["dense/nchw"] * 1e3,
+            "channels_last_ms": t["dense/cl"] * 1e3,
+        }
+        for pat in patterns:
+            ours = min(t[f"{pat}/psconv/nchw"], t[f"{pat}/psconv/cl"])
+            result["patterns"][pat][case] = {
+                "ms": ours * 1e3,
+                "nchw_ms": t[f"{pat}/psconv/nchw"] * 1e3,
+                "channels_last_ms": t[f"{pat}/psconv/cl"] * 1e3,
+                "masked_ms": t[f"{pat}/masked"] * 1e3,
+                "speedup": d_best / ours,
+                "speedup_vs_masked": t[f"{pat}/masked"] / ours,
+                "masked_speedup": d_best / t[f"{pat}/masked"],
+            }
+    for pat in patterns:
+        result["patterns"][pat]["ideal"] = ideal[pat][0]
+        if layers:
+            result["patterns"][pat]["layers"] = _layer_table(
+                sparse[pat], ideal[pat][1], batch, image_size, repeats, cases
+            )
+    if memory and "train" in cases:
+        result["dense"]["train_memory"] = _peak_memory(name, patterns[0], "dense", batch, image_size, threads)
+        for pat in patterns:
+            result["patterns"][pat]["train_memory"] = {
+                "psconv": _peak_memory(name, pat, "psconv", batch, image_size, threads),
+                "masked": _peak_memory(name, pat, "masked", batch, image_size, threads),
+            }
+    return result
+
+
+_CASE_LABEL = {"fwd1": "forward b=1", "fwd": "forward b={b}", "train": "train step b={b}"}
+
+
+def format_report(report: dict[str, Any]) -> str:
+    b = report["settings"]["batch"]
+    lines = [
+        f"psconv bench: torch {report['machine']['torch']}, {report['machine']['threads']} threads, "
+        f"kernels {report['machine']['kernels']}; median of {report['settings']['repeats']} interleaved rounds",
+        "speedup = dense (best of NCHW / channels-last) time / psconv time; ideal = dense MACs / kept MACs",
+    ]
+    for res in report["models"]:
+        lines.append("")
+        lines.append(f"== {res['model']} ==")
+        head = f"{'pattern':<10} {'ideal':>6}"
+        cases = [c for c in ("fwd1", "fwd", "train") if c in res["dense"]]
+        for c in cases:
+            head += f" | {_CASE_LABEL[c].format(b=b):>22}"
+        lines.append(head)
+        row = f"{'dense':<10} {1.0:>6.2f}"
+        for c in cases:
+            row += f" | {res['dense'][c]['ms']:>10.2f} ms        "
+        lines.append(row)
+        for pat, r in res["patterns"].items():
+            row = f"{pat:<10} {r['ideal']:>6.2f}"
+            for c in cases:
+                row += f" | {r[c]['ms']:>8.2f} ms {r[c]['speedup']:>5.2f}x"
+                row += f" m{r[c]['speedup_vs_masked']:>4.1f}"
+            lines.append(row)
+        lines.append("  (mX.X = speedup over the masked-dense reference path)")
+        mem = res["dense"].get("train_memory")
+        if mem:
+            lines.append(f"  train-step memory (MiB RSS growth): dense {mem['step_mib']:.0f}")
+            for pat, r in res["patterns"].items():
+                m = r.get("train_memory", {})
+                if m:
+                    lines.append(
+                        f"    {pat:<10} psconv {m['psconv']['step_mib']:.0f}  masked {m['masked']['step_mib']:.0f}"
+                    )
+        for pat, r in res["patterns"].items():
+            if not r.get("layers"):
+                continue
+            lines.append(f"  per layer, {pat}: speedup (ideal) [kernel]")
+            by_layer: dict[str, dict[str, Any]] = {}
+            for row_ in r["layers"]:
+                by_layer.setdefault(row_["layer"], {"shape": row_["shape"], "ideal": row_["ideal"]})[
+                    row_["case"]
+                ] = row_
+            for lname, info in by_layer.items():
+                txt = f"    {lname:<22} {info['shape']:<22} ideal {info['ideal']:>5.2f}"
+                for c in cases:
+                    if c in info:
+                        txt += f" | {c} {info[c]['speedup']:>5.2f}x [{info[c]['kernel']}]"
+                lines.append(txt)
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.set_flush_denormal(True)
+    batch, repeats = args.batch, args.repeats
+    layers, memory = not args.no_layers, not args.no_memory
+    global _SAMPLE_SCALE
+    _SAMPLE_SCALE = 1.0
+    if args.quick:
+        batch, repeats, layers, memory = min(batch, 8), min(repeats, 2), False, False
+        _SAMPLE_SCALE = 0.05
+    info = engine.kernel_info()
+    report: dict[str, Any] = {
+        "machine": {
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "kernels": info["isa"] if info["available"] else f"unavailable ({info['error']})",
+            "processor": platform.processor() or platform.machine(),
+        },
+        "settings": {"batch": batch, "repeats": repeats, "image_size": args.image_size, "cases": args.cases},
+        "models": [],
+    }
+    for name in args.models:
+        report["models"].append(
+            bench_model(
+                name,
+                list(args.patterns),
+                batch=batch,
+                image_size=args.image_size,
+                repeats=repeats,
+                cases=list(args.cases),
+                layers=layers,
+                memory=memory,
+                threads=args.threads,
+            )
+        )
+        if not args.json:
+            partial = dict(report, models=[report["models"][-1]])
+            print(format_report(partial), flush=True)
+    text = json.dumps(report, indent=2)
+    if args.output:
+        with open(args.output, "w") as fh:
+            fh.write(text + "\n")
+    if args.json:
+        print(text)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="psconv-bench")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_parser(sub)
+    args = parser.parse_args(["bench", *(argv if argv is not None else sys.argv[1:])])
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

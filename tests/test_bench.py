@@ -1,0 +1,60 @@
+"""Smoke tests of ``psconv bench`` (tiny settings: they check structure, not speed)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from psconv import bench, engine
+
+
+def test_bench_model_structure():
+    bench._SAMPLE_SCALE = 0.01
+    try:
+        res = bench.bench_model(
+            "vgg16", ["PS4_P4"], batch=2, repeats=1, cases=["train"], layers=True, memory=False
+        )
+    finally:
+        bench._SAMPLE_SCALE = 1.0
+    pat = res["patterns"]["PS4_P4"]
+    assert 2.0 < pat["ideal"] < 2.3
+    for case in ("train",):
+        assert res["dense"][case]["ms"] > 0
+        assert pat[case]["speedup"] > 0 and pat[case]["masked_ms"] > 0
+    rows = pat["layers"]
+    assert {r["case"] for r in rows} == {"train"}
+    assert all(r["ideal"] > 1 for r in rows)
+    expected = "fast" if engine.kernels_available() else "reference"
+    assert any(r["kernel"] == expected for r in rows)
+    assert "vgg16" in bench.format_report(
+        {
+            "machine": {"torch": "x", "threads": 1, "kernels": "k"},
+            "settings": {"batch": 2, "repeats": 1},
+            "models": [res],
+        }
+    )
+
+
+def test_bench_cli_quick_json(capsys, tmp_path):
+    cli = pytest.importorskip("psconv.cli")
+    out = tmp_path / "bench.json"
+    argv = ["bench", "--quick", "--models", "resnet18", "--patterns", "PS1_P9", "--cases", "fwd1"]
+    argv += ["--json", "--output", str(out)]
+    parser = cli.build_parser()
+    args = parser.parse_args(argv) if "bench" in parser._subparsers._group_actions[0].choices else None
+    if args is None:
+        from psconv.bench import main
+
+        assert main(argv[1:]) == 0
+    else:
+        assert args.func(args) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report == json.loads(out.read_text())
+    res = report["models"][0]
+    assert res["model"] == "resnet18" and res["patterns"]["PS1_P9"]["fwd1"]["speedup"] > 0
+
+
+def test_peak_memory_probe():
+    mem = bench._peak_memory("vgg16", "PS4_P4", "psconv", 2, 32, 1)
+    assert mem["peak_rss_mib"] > 50 and mem["step_mib"] >= 0
