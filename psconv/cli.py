@@ -22,6 +22,7 @@ COMMAND_MODULES: list[str] = [
     "psconv.evaluate",
     "psconv.commands.energy_cmd",
     "psconv.commands.report_cmd",
+    "psconv.bench",
 ]
 
 
