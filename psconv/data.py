@@ -621,7 +621,8 @@ class DeviceData:
         return len(self.y)
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
-        return (x.float() - self.mean) / self.std
+        # In the default dtype, so that a float64 model (exact comparisons) gets float64 input.
+        return (x.to(self.mean.dtype) - self.mean) / self.std
 
     def steps_per_epoch(self, batch_size: int) -> int:
         return len(self) // batch_size

@@ -28,6 +28,7 @@ import signal
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -208,14 +209,17 @@ class _GlobalBatchNorm(nn.BatchNorm2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training:
             return super().forward(x)
-        from torch.distributed.nn.functional import all_reduce  # differentiable collective
+        from torch.distributed.nn.functional import all_reduce  # a differentiable collective
 
         c = x.shape[1]
-        count = torch.tensor([x.numel() / c], dtype=x.dtype, device=x.device)
-        stats = all_reduce(torch.cat([x.sum((0, 2, 3)), (x * x).sum((0, 2, 3)), count]))
-        n = stats[-1]
-        mean = stats[:c] / n
-        var = (stats[c : 2 * c] / n - mean * mean).clamp_min(0)
+        with warnings.catch_warnings():  # deprecated for a private successor; still correct
+            warnings.simplefilter("ignore", FutureWarning)
+            # Two passes (mean, then squared deviations): E[x^2] - E[x]^2 cancels badly in fp32.
+            count = torch.tensor([x.numel() / c], dtype=x.dtype, device=x.device)
+            stats = all_reduce(torch.cat([x.sum((0, 2, 3)), count]))
+            n = stats[-1]
+            mean = stats[:c] / n
+            var = all_reduce(((x - mean.view(1, c, 1, 1)) ** 2).sum((0, 2, 3))) / n
         with torch.no_grad():
             m = self.momentum if self.momentum is not None else 0.1
             self.running_mean.mul_(1 - m).add_(mean.detach(), alpha=m)
