@@ -43,6 +43,7 @@ from .checkpoint import load_checkpoint, save
 from .data import DATASETS, DeviceData, load_dataset
 from .evaluate import evaluate
 from .models import create_model, list_models
+from .patterns import parse_pattern
 from .profile import profile
 
 __all__ = ["TrainConfig", "TrainResult", "train", "lr_at", "add_parser", "run", "METRICS_FIELDS"]
@@ -100,6 +101,7 @@ class TrainConfig:
     def validate(self) -> None:
         if self.model not in list_models():
             raise ValueError(f"unknown model {self.model!r}; known models: {', '.join(list_models())}")
+        parse_pattern(self.pattern)  # a bad spec fails now, not after loading the data
         if self.dataset not in DATASETS:
             raise ValueError(f"unknown dataset {self.dataset!r}; known: {', '.join(DATASETS)}")
         if self.schedule not in SCHEDULES:
