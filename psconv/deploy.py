@@ -71,15 +71,16 @@ EXPORT_FORMATS = ("onnx", "torchscript")
 # What a checkpoint says about itself
 
 
-def _class_names(config: dict[str, Any], meta: dict[str, Any]) -> list[str]:
-    num = int(config.get("num_classes") or 0)
+def _class_names(config: dict[str, Any], meta: dict[str, Any]) -> list[str] | None:
+    """The class names training recorded (or CIFAR-10's), else None."""
+    num = config.get("num_classes")
     names = meta.get("classes")
     if isinstance(names, list) and len(names) == num and all(isinstance(n, str) for n in names):
         return list(names)
     dataset = meta.get("dataset")
     if num == 10 and (dataset == "cifar10" or (dataset is None and config.get("image_size") == 32)):
         return list(CIFAR10_CLASSES)
-    return [f"class_{i}" for i in range(num)]
+    return None
 
 
 def _norm_constants(meta: dict[str, Any]) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -120,7 +121,7 @@ def _skeleton_counts(config: dict[str, Any], layers: dict[str, Any], compact_par
 
     name, size, classes = str(config["name"]), int(config["image_size"]), int(config["num_classes"])
     if name not in models.list_models():
-        raise CheckpointError(f"model {name!r} is not registered in this psconv")
+        return {}  # a custom network or a newer psconv's: no architecture to count
     if classes < 1 or size < 32 or size % 32:
         raise ValueError("bad num_classes or image_size")
     with torch.device("meta"):
@@ -128,7 +129,7 @@ def _skeleton_counts(config: dict[str, Any], layers: dict[str, Any], compact_par
         model = models._REGISTRY[name](classes, size)
     dense = sum(p.numel() for p in model.parameters())
     if dense > 9 * compact_params:
-        raise ValueError("architecture far larger than the tensors stored")
+        raise ValueError(f"it describes a {name} of {dense:,} weights but stores {compact_params:,}")
     model = model.to_empty(device="cpu")
     with torch.no_grad():
         for tensor in list(model.parameters()) + list(model.buffers()):
@@ -153,7 +154,8 @@ def summarize_checkpoint(path: str | os.PathLike[str], *, count_macs: bool = Tru
     except (KeyError, IndexError, TypeError, ValueError, AttributeError, RuntimeError, OverflowError) as exc:
         if isinstance(exc, CheckpointError):
             raise
-        raise CheckpointError(f"checkpoint {name!r} has a malformed header ({type(exc).__name__})") from None
+        detail = str(exc).splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"checkpoint {name!r} has a malformed header ({detail})") from None
 
 
 def _summary(header: dict[str, Any], name: str, count_macs: bool) -> dict[str, Any]:
@@ -189,7 +191,7 @@ def _summary(header: dict[str, Any], name: str, count_macs: bool) -> dict[str, A
         "num_classes": config.get("num_classes"),
         "image_size": config.get("image_size"),
         "dataset": meta.get("dataset"),
-        "classes": _class_names(config, meta) if config.get("num_classes") else [],
+        "classes": _class_names(config, meta),
         "params": params,
         "state_bytes": state_bytes,
         "extra_bytes": int(header.get("data_bytes") or 0) - state_bytes,
@@ -202,12 +204,12 @@ def _summary(header: dict[str, Any], name: str, count_macs: bool) -> dict[str, A
         summary["counts_source"] = "meta"
     elif count_macs and {"name", "num_classes", "image_size"} <= set(config):
         counts = _skeleton_counts(config, layers, params)
-        if counts["params"] != params:
+        if counts and counts["params"] != params:
             raise CheckpointError(
                 f"checkpoint {name!r}: its tensor table holds {params} parameters but a "
                 f"{config['name']} with these layers has {counts['params']}"
             )
-        summary["counts_source"] = "architecture (built on the meta device, no memory)"
+        summary["counts_source"] = "architecture (a weightless skeleton)" if counts else None
     if counts:
         summary.update(
             dense_params=counts["dense_params"], macs=counts["macs"], dense_macs=counts["dense_macs"]
@@ -236,7 +238,9 @@ def format_summary(s: dict[str, Any]) -> str:
         lines.append(
             f"input       3x{s['image_size']}x{s['image_size']} ({s['dataset'] or 'dataset not recorded'})"
         )
-    if s["classes"]:
+    if s["classes"] is None and isinstance(s["num_classes"], int):
+        lines.append(f"classes     {s['num_classes']} (names not recorded)")
+    elif s["classes"]:
         shown = ", ".join(s["classes"][:10]) + (", ..." if len(s["classes"]) > 10 else "")
         lines.append(f"classes     {len(s['classes'])}: {shown}")
     if "dense_params" in s:
@@ -251,7 +255,9 @@ def format_summary(s: dict[str, Any]) -> str:
             f"file size   {fb:,} bytes; dense equivalent about {db:,} ({db / max(fb, 1):.2f}x larger)"
         )
     else:
-        lines.append(f"params      {s['params']:,} (MACs unknown: custom model)")
+        lines.append(
+            f"params      {s['params']:,} (MACs not counted: --no-macs, or a model not in this psconv's registry)"
+        )
     if s["extra_bytes"] > 0:
         lines.append(f"extra state {s['extra_bytes']:,} bytes (optimizer/RNG state for resuming)")
     if s["metrics"]:
@@ -297,7 +303,9 @@ def load_for_inference(path: str | os.PathLike[str]) -> DeployModel:
         model=model,
         config=ckpt.config,
         meta=ckpt.meta,
-        classes=_class_names(ckpt.config, ckpt.meta),
+        # Generic names only for a model that exists, so their number is that of its outputs.
+        classes=_class_names(ckpt.config, ckpt.meta)
+        or [f"class_{i}" for i in range(int(ckpt.config["num_classes"]))],
         image_size=size,
         mean=mean,
         std=std,
@@ -319,6 +327,14 @@ def load_image(path: str | os.PathLike[str], size: int) -> np.ndarray:
     """
     from PIL import Image, ImageOps
 
+    file = Path(path)
+    if file.is_dir():
+        raise ValueError("is a directory")
+    if not file.exists():
+        raise ValueError("no such file")
+    if not file.is_file():
+        # A FIFO or device would block or never end: only regular files are opened.
+        raise ValueError("not a regular file")
     try:
         with warnings.catch_warnings():
             # A decompression bomb is an error here, not a warning on stderr.
