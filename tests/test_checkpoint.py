@@ -28,7 +28,8 @@ def test_round_trip_identical_outputs_and_compact_size(vgg_sparse, tmp_path: Pat
     x = torch.randn(3, 3, 32, 32)
     assert torch.equal(loaded(x), vgg_sparse(x))
     assert psconv.read_header(path)["meta"] == {"accuracy": 91.5}
-    assert torch.equal(psconv.densify(vgg_sparse)(x), vgg_sparse(x))
+    # densify runs oneDNN's dense conv, the sparse model may run the fast kernel: same up to rounding
+    torch.testing.assert_close(psconv.densify(vgg_sparse)(x), vgg_sparse(x), rtol=1e-4, atol=1e-5)
 
 
 def test_no_index_stored(vgg_sparse, tmp_path: Path) -> None:
