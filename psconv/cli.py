@@ -52,7 +52,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, NotADirectoryError, PermissionError, CheckpointError) as exc:
+    # OSError too: an existing file named as an output folder, a full disk... are user errors.
+    except (ValueError, OSError, CheckpointError) as exc:
         print(f"psconv: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
