@@ -24,10 +24,15 @@ int isa_level() {
 }  // namespace
 
 extern "C" {
-int psc_abi_version(void) { return 2; }
+int psc_abi_version(void) { return 3; }
 int psc_isa(void) { return isa_level(); }
 int psc_conv(const psc_args* a) { return isa_level() == 1 ? psc_conv_avx512(a) : psc_conv_generic(a); }
 int psc_gradw(const psc_args* a, const float* dy) {
     return isa_level() == 1 ? psc_gradw_avx512(a, dy) : psc_gradw_generic(a, dy);
+}
+int psc_gradw2(const psc_args* a, const float* dy, const int* chunks, int nch, int H, int W, int Ho,
+               int Wo, int pad_h, int pad_w) {
+    return isa_level() == 1 ? psc_gradw2_avx512(a, dy, chunks, nch, H, W, Ho, Wo, pad_h, pad_w)
+                            : psc_gradw2_generic(a, dy, chunks, nch, H, W, Ho, Wo, pad_h, pad_w);
 }
 }

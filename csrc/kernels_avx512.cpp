@@ -17,6 +17,7 @@ inline V vloadm2(const float* lo, const float* hi, unsigned mlo, unsigned mhi) {
 }
 inline V vfma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
 inline void vstore(float* p, V v) { _mm512_storeu_ps(p, v); }
+inline V vadd(V a, V b) { return _mm512_add_ps(a, b); }
 inline void vstore_out(float* dst, V v, const float* bias, int nv) {
     const __m512i rev = _mm512_set_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
     V r = _mm512_permutexvar_ps(rev, v);
@@ -39,4 +40,8 @@ inline void vstore_out(float* dst, V v, const float* bias, int nv) {
 #include "psconv_kernels.h"
 extern "C" int psc_conv_avx512(const psc_args*) { return -2; }
 extern "C" int psc_gradw_avx512(const psc_args*, const float*) { return -2; }
+extern "C" int psc_gradw2_avx512(const psc_args*, const float*, const int*, int, int, int, int, int, int,
+                                 int) {
+    return -2;
+}
 #endif

@@ -31,6 +31,11 @@ inline V vfma(V a, V b, V c) {
     for (int i = 0; i < 16; ++i) r.v[i] = a.v[i] * b.v[i] + c.v[i];
     return r;
 }
+inline V vadd(V a, V b) {
+    V r;
+    for (int i = 0; i < 16; ++i) r.v[i] = a.v[i] + b.v[i];
+    return r;
+}
 inline void vstore(float* p, V v) {
     for (int i = 0; i < 16; ++i) p[i] = v.v[i];
 }

@@ -18,6 +18,7 @@
 #define PSC_GRP_STRIDE 10
 #define PSC_SEG_STRIDE 5
 #define PSC_CLS_STRIDE 12
+#define PSC_CHUNK_STRIDE 70
 
 #ifdef __cplusplus
 extern "C" {
@@ -43,6 +44,10 @@ typedef struct {
 
 int psc_conv_generic(const psc_args* a);
 int psc_gradw_generic(const psc_args* a, const float* dy);
+int psc_gradw2_generic(const psc_args* a, const float* dy, const int* chunks, int nch, int H, int W,
+                       int Ho, int Wo, int pad_h, int pad_w);
+int psc_gradw2_avx512(const psc_args* a, const float* dy, const int* chunks, int nch, int H, int W,
+                      int Ho, int Wo, int pad_h, int pad_w);
 int psc_conv_avx512(const psc_args* a);
 int psc_gradw_avx512(const psc_args* a, const float* dy);
 

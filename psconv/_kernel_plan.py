@@ -203,3 +203,80 @@ def build_geometry(mode: int, H: int, W: int, stride: tuple[int, int], pad: tupl
         in_pix=in_pix,
         out_pix=out_pix,
     )
+
+
+CHUNK_STRIDE = 70
+_CHUNK_K = {1: 12, 2: 10, 4: 6}
+
+
+def build_gradw_chunks(plan: WeightPlan) -> np.ndarray:
+    """Work list of the stride-1 weight-gradient kernel, which loops over input pixels.
+
+    Each chunk is K diagonals x F filter blocks. Looping over input pixels moves the tap shift
+    from x to dy, so the F blocks only need the same tap *per block* within a chunk, not the
+    same tap set: groups of one block each (period 9 at 64 channels, random masks) are packed
+    four to a chunk and one x load again feeds four FMAs. Record layout (int32):
+    F, K, tap[4], slot[4], d[12], dst[12][4] (packed-weight vector index, -1: discard).
+    """
+    groups, ents = plan.groups, plan.ents
+    chunks: list[np.ndarray] = []
+    slot = 0
+
+    def emit(F: int, taps: list[int], slots: list[int], items: list[tuple[int, list[int]]]) -> None:
+        K = _CHUNK_K[4 if F > 2 else F]
+        for i in range(0, len(items), K):
+            part = items[i : i + K]
+            rec = np.full(CHUNK_STRIDE, -1, dtype=np.int32)
+            rec[0], rec[1] = (4 if F > 2 else F), len(part)
+            rec[2:6] = (taps + [0] * 4)[:4]
+            rec[6:10] = (slots + [slots[0]] * 4)[:4]
+            rec[10:22] = 0
+            for k, (d, dst) in enumerate(part):
+                rec[10 + k] = d
+                rec[22 + 4 * k : 22 + 4 * k + len(dst)] = dst
+            chunks.append(rec)
+
+    singles: list[tuple[int, int]] = []  # (group index, slot) of one-block groups
+    for g, grp in enumerate(groups):
+        F = int(grp[0])
+        e0, e1, w16 = int(grp[7]), int(grp[8]), int(grp[9])
+        if F == 1:
+            singles.append((g, slot))
+            slot += 1
+            continue
+        slots = [slot + f for f in range(F)]
+        slot += F
+        # Same-signature group: runs of entries with one tap.
+        e = e0
+        while e < e1:
+            t = int(ents[e, 0])
+            run = []
+            while e < e1 and int(ents[e, 0]) == t:
+                run.append((int(ents[e, 1]), [w16 + (e - e0) * F + f for f in range(F)]))
+                e += 1
+            emit(F, [t] * F, slots, run)
+    # One-block groups, four at a time: pair their entries by (diagonal, rank of the tap).
+    for i in range(0, len(singles), 4):
+        part = singles[i : i + 4]
+        by_key: dict[tuple[int, ...], list[tuple[int, list[int]]]] = {}
+        per_d: list[dict[int, list[tuple[int, int]]]] = []
+        for g, _ in part:
+            grp = groups[g]
+            e0, e1, w16 = int(grp[7]), int(grp[8]), int(grp[9])
+            m: dict[int, list[tuple[int, int]]] = {}
+            for e in range(e0, e1):
+                m.setdefault(int(ents[e, 1]), []).append((int(ents[e, 0]), w16 + (e - e0)))
+            per_d.append(m)
+        all_d = sorted(set().union(*[set(m) for m in per_d]))
+        for d in all_d:
+            lists = [m.get(d, []) for m in per_d]
+            for r in range(max(len(x) for x in lists)):
+                taps = tuple(x[r][0] if r < len(x) else -1 for x in lists)
+                dst = [x[r][1] if r < len(x) else -1 for x in lists]
+                by_key.setdefault(taps, []).append((d, dst))
+        slots = [s for _, s in part]
+        for taps, items in by_key.items():
+            emit(len(part), [max(t, 0) for t in taps], slots, items)
+    if not chunks:
+        return np.zeros((0, CHUNK_STRIDE), dtype=np.int32)
+    return np.ascontiguousarray(np.stack(chunks))

@@ -65,7 +65,7 @@ def _load() -> tuple[ctypes.CDLL | None, str | None]:
         )
     try:
         handle = ctypes.CDLL(path)
-        if handle.psc_abi_version() != 2:
+        if handle.psc_abi_version() != 3:
             return None, f"{path}: unexpected ABI version"
         for name in ("psc_conv",):
             fn = getattr(handle, name)
@@ -73,6 +73,10 @@ def _load() -> tuple[ctypes.CDLL | None, str | None]:
             fn.restype = ctypes.c_int
         handle.psc_gradw.argtypes = [ctypes.POINTER(PscArgs), ctypes.c_void_p]
         handle.psc_gradw.restype = ctypes.c_int
+        handle.psc_gradw2.argtypes = [ctypes.POINTER(PscArgs), ctypes.c_void_p, ctypes.c_void_p] + [
+            ctypes.c_int
+        ] * 7
+        handle.psc_gradw2.restype = ctypes.c_int
         handle.psc_isa.restype = ctypes.c_int
     except (OSError, AttributeError) as exc:
         return None, f"{path}: {exc}"

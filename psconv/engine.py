@@ -112,6 +112,8 @@ class _Plans:
         self._np = mask.detach().cpu().reshape(self.co, self.ci, 9).numpy().astype(bool)
         self.nnz = int(self._np.sum())
         self._fwd: _PlanTensors | None = None
+        self._fwd_plan: Any = None
+        self._chunks: torch.Tensor | None = None
         self._bwd: _PlanTensors | None = None
         self._inverse: torch.Tensor | None = None
 
@@ -127,6 +129,7 @@ class _Plans:
             from ._kernel_plan import build_weight_plan
 
             plan = build_weight_plan(self._np, self._vidx())
+            self._fwd_plan = plan
             self._fwd = _to_plan_tensors(plan, self.co * self.ci * 9)
             inverse = np.full(self.nnz, -1, dtype=np.int64)
             sel = plan.gather < self.nnz
@@ -153,6 +156,16 @@ class _Plans:
         assert self._inverse is not None
         return self._inverse
 
+    @property
+    def chunks(self) -> torch.Tensor:
+        """Work list of the stride-1 weight-gradient kernel (built on the first backward)."""
+        if self._chunks is None:
+            from ._kernel_plan import build_gradw_chunks
+
+            self.fwd  # noqa: B018
+            self._chunks = torch.from_numpy(build_gradw_chunks(self._fwd_plan))
+        return self._chunks
+
 
 class _LayerState:
     """Per-layer view: shared plans plus this layer's packed-weight cache."""
@@ -173,6 +186,10 @@ class _LayerState:
     @property
     def inverse(self) -> torch.Tensor:
         return self.plans.inverse
+
+    @property
+    def chunks(self) -> torch.Tensor:
+        return self.plans.chunks
 
     def packed(self, which: str, values: torch.Tensor) -> torch.Tensor:
         # Packing is a gather of nnz floats; cached per (storage, version) for inference.
@@ -265,6 +282,7 @@ def _call(
     plan: _PlanTensors,
     geo: tuple[Any, torch.Tensor, torch.Tensor],
     dy: torch.Tensor | None = None,
+    extra: tuple[Any, ...] | None = None,
 ) -> None:
     k = _kern()
     g, classes, pos = geo
@@ -291,6 +309,12 @@ def _call(
     )
     if fn_name == "conv":
         rc = k.lib.psc_conv(ctypes.byref(args))
+    elif fn_name == "gradw2":
+        assert dy is not None and extra is not None
+        chunks, H, W, Ho, Wo, ph, pw = extra
+        rc = k.lib.psc_gradw2(
+            ctypes.byref(args), dy.data_ptr(), chunks.data_ptr(), chunks.shape[0], H, W, Ho, Wo, ph, pw
+        )
     else:
         assert dy is not None
         rc = k.lib.psc_gradw(ctypes.byref(args), ctypes.c_void_p(dy.data_ptr()))
@@ -299,6 +323,9 @@ def _call(
 
 
 _CL = torch.channels_last
+# Plans whose expected efficiency is below this (mostly one-block groups) use the
+# input-pixel weight-gradient kernel; it is slower for well-grouped plans (measured).
+_GRADW2_BELOW = 0.6
 # Largest pixel tile for 1, 2, 4 filter blocks per tile (0 = the kernel's own maximum).
 _PMAX = tuple(int(v) for v in os.environ.get("PSCONV_PMAX", "0,0,0").split(","))
 
@@ -360,11 +387,16 @@ class _PSConvFunction(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             dwp = torch.empty(st.fwd.total, dtype=torch.float32)
             geo = _geometry(0, H, W, stride, padding)
-            _call("gradw", x_cl, dwp, None, None, B, Ci, Co, st.fwd, geo, dy=g)
+            if stride == (1, 1) and max(padding) <= 2 and st.fwd.efficiency < _GRADW2_BELOW:
+                # Mostly one-block groups (e.g. period 9): this kernel loops over input pixels
+                # with a zero-haloed dy, so blocks with different tap sets share input loads.
+                extra = (st.chunks, H, W, Ho, Wo, padding[0], padding[1])
+                _call("gradw2", x_cl, dwp, None, None, B, Ci, Co, st.fwd, geo, dy=g, extra=extra)
+            else:
+                _call("gradw", x_cl, dwp, None, None, B, Ci, Co, st.fwd, geo, dy=g)
             gw = dwp.index_select(0, st.inverse)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             gb = g.sum(dim=(0, 2, 3))
-        del Ho, Wo
         return gx, gw, gb, None, None
 
 

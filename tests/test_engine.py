@@ -249,3 +249,14 @@ def test_models_match_reference_if_present():
         engine.set_backend("fast")
         fast = model(x)
     assert _rel(fast, ref) < 1e-4
+
+
+@needs_kernels
+@pytest.mark.parametrize("threshold", [0.0, 2.0])
+def test_both_weight_gradient_kernels(threshold, monkeypatch):
+    # 0.0: always the pixel-class kernel; 2.0: always the input-pixel (haloed dy) kernel.
+    monkeypatch.setattr(engine, "_GRADW2_BELOW", threshold)
+    for pattern in ("PS1_P9", "PSD4_P8", "pSC2"):
+        _check(pattern, 24, 40, (6, 5), batch=2)
+        _check(pattern, 16, 16, (3, 3), batch=3, padding=0)
+        _check(pattern, 64, 32, (2, 2), batch=2, padding=2)
