@@ -15,6 +15,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import stat
 import struct
 import tempfile
 import zlib
@@ -166,6 +167,13 @@ def save(model: nn.Module, path: str | os.PathLike[str], *, extra: Any = None, *
 
 
 def _read(path: Path) -> tuple[dict[str, Any], memoryview]:
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        mode = 0  # read_bytes below names the problem
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        # /dev/zero or a disk would be read until memory runs out.
+        raise CheckpointError(f"checkpoint {str(path)!r} is a device, not a file")
     try:
         raw = path.read_bytes()
     except FileNotFoundError:

@@ -251,3 +251,40 @@ def test_classify_refuses_non_finite(vgg_ckpt: tuple[Path, torch.nn.Module]) -> 
         x[1, 0, 3, 3] = bad
         with pytest.raises(ValueError, match="NaN or Inf"):
             deploy.classify(model, x)
+
+
+def test_predict_cli_agrees_with_eval_cli_on_real_jpegs(
+    vgg_ckpt: tuple[Path, torch.nn.Module], tmp_path: Path, capsys, monkeypatch
+) -> None:
+    """The real CIFAR-10 JPEGs of ../shared/data: ``psconv predict`` on the test images gives
+    the top-1 of ``psconv eval`` on the same image folder, image by image and in total."""
+    from conftest import shared_file
+
+    tree = tmp_path / "cifar"
+    want = {"train": 1, "test": 3}  # eval's image-folder loader needs both splits
+    counts: dict[tuple[str, str], int] = {}
+    with tarfile.open(shared_file("cifar10-jpeg.tar.gz")) as tar:
+        for member in tar:
+            parts = member.name.split("/")
+            if not member.isfile() or len(parts) < 3 or parts[-3] not in want:
+                continue
+            split, cls, name = parts[-3:]
+            if counts.get((split, cls), 0) < want[split]:
+                counts[split, cls] = counts.get((split, cls), 0) + 1
+                (tree / split / cls).mkdir(parents=True, exist_ok=True)
+                (tree / split / cls / name).write_bytes(tar.extractfile(member).read())  # type: ignore[union-attr]
+    monkeypatch.setenv("PSCONV_CACHE", str(tmp_path / "cache"))
+    path, model = vgg_ckpt
+    assert main(["eval", "--checkpoint", str(path), "--data-dir", str(tree), "--json"]) == 0
+    ev = json.loads(capsys.readouterr().out)
+    assert main(["predict", "--checkpoint", str(path), str(tree / "test"), "--json", "--top-k", "1"]) == 0
+    preds = json.loads(capsys.readouterr().out)["predictions"]
+    assert ev["images"] == len(preds) == 30
+    got = [p["top"][0]["index"] for p in preds]
+    truth = [list(CIFAR10_CLASSES).index(Path(p["file"]).parent.name) for p in preds]
+    assert ev["top1"] == pytest.approx(100 * np.mean(np.array(got) == np.array(truth)))
+    # Image by image: eval's decoded test split (class-major, file-name order, as predict walks).
+    from psconv.data import load_dataset
+
+    data = load_dataset("cifar10", tree)
+    assert got == _reference_top1(model, data.x_test)

@@ -286,6 +286,39 @@ def test_lying_header(tiny_file: bytes, tmp_path: Path, what: str, lie: Callable
             load_checkpoint(path)  # no skeleton: the model is built from the lying config
 
 
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=6),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+    max_leaves=6,
+)
+
+
+def _paths(node: Any, prefix: tuple = ()) -> list[tuple]:
+    """Every (nested) key path of a JSON tree, the root excluded."""
+    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else []
+    out = []
+    for key, child in items:
+        out.append((*prefix, key))
+        out += _paths(child, (*prefix, key))
+    return out
+
+
+@FUZZ
+@given(st.data())
+def test_header_field_replaced_by_random_json(tiny_file: bytes, tmp_path: Path, data: st.DataObject) -> None:
+    """Any one field of a valid header (config, meta, a tensor entry, a state reference, a
+    layer's pattern or seed, ...) replaced by arbitrary JSON, CRC left valid."""
+    header, blob = _split(tiny_file)
+    path_ = data.draw(st.sampled_from(_paths(header)))
+    parent = header
+    for key in path_[:-1]:
+        parent = parent[key]
+    parent[path_[-1]] = data.draw(_JSON)
+    path = tmp_path / "field.ckpt"
+    path.write_bytes(_join(header, blob))
+    _assert_clean_failure(path, must_fail=False)
+
+
 @pytest.mark.parametrize(
     "raw",
     [
@@ -305,7 +338,8 @@ def test_hostile_header_lengths_and_nesting(tmp_path: Path, raw: bytes) -> None:
 
 
 def test_not_a_file(tmp_path: Path) -> None:
-    for path in (tmp_path, tmp_path / "missing.ckpt"):
+    devices = [Path(p) for p in ("/dev/zero", "/dev/null") if Path(p).exists()]
+    for path in (tmp_path, tmp_path / "missing.ckpt", *devices):  # /dev/zero: never read it all
         _assert_clean_failure(path)
 
 
@@ -537,6 +571,17 @@ def _bad_invocations(tmp: Path) -> list[list[str]]:
             for bad in (garbage, tmp, tmp / "missing.ckpt"):
                 filled["checkpoint"][-1] = str(bad)
                 cases.append([name, *[v for vs in filled.values() for v in vs]])
+    for name, sp in _subcommands().items():  # an existing file (not a folder) where one is written
+        filled = {a.dest: a for a in _required(sp)}
+        # Only where --out is required: a command that runs without arguments does real work.
+        if "out" in filled:
+            argv = [name]
+            for dest, action in filled.items():
+                value = {"format": "torchscript", "runs": str(tmp), "out": str(garbage)}.get(
+                    dest, str(garbage)
+                )
+                argv += [*action.option_strings[:1], value]
+            cases.append(argv)
     cases += [
         ["predict", "--checkpoint", str(garbage), str(tmp), "--top-k", "0"],
         ["predict", "--checkpoint", str(garbage), str(tmp), "--top-k", "-3"],
