@@ -27,7 +27,7 @@ from __future__ import annotations
 import ctypes
 import os
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -101,6 +101,9 @@ class _PlanTensors:
     ratio: float  # dense MACs / executed lane-MACs
     wrap: bool
     efficiency: float  # expected speed relative to dense per executed MAC (measured, per group width)
+    # ctypes argument blocks per (geometry, batch, channels, threads): rebuilt only on change,
+    # since a fresh 19-field structure costs more than a small layer's kernel at batch 1.
+    args_cache: dict[tuple[int, ...], Any] = field(default_factory=dict)
 
 
 class _Plans:
@@ -173,6 +176,7 @@ class _LayerState:
     def __init__(self, plans: _Plans) -> None:
         self.plans = plans
         self.mask_ref: torch.Tensor | None = None  # the layer's mask buffer when this was made
+        self.decisions: dict[tuple[Any, ...], bool] = {}
         self.cache: dict[str, tuple[tuple[int, int], torch.Tensor]] = {}
 
     @property
@@ -286,27 +290,36 @@ def _call(
 ) -> None:
     k = _kern()
     g, classes, pos = geo
-    args = k.PscArgs(
-        x.data_ptr(),
-        y.data_ptr(),
-        w.data_ptr() if w is not None else None,
-        bias.data_ptr() if bias is not None else None,
-        B,
-        cin,
-        cout,
-        g.in_pix,
-        g.out_pix,
-        plan.groups.data_ptr(),
-        plan.groups.shape[0],
-        plan.segs.data_ptr(),
-        plan.ents.data_ptr(),
-        classes.data_ptr(),
-        classes.shape[0],
-        pos.data_ptr(),
-        max(torch.get_num_threads(), 1),
-        int(plan.wrap),
-        (ctypes.c_int * 3)(*_PMAX),
-    )
+    nthreads = max(torch.get_num_threads(), 1)
+    key = (id(classes), B, cin, cout, nthreads)
+    args = plan.args_cache.get(key)
+    if args is None:
+        args = k.PscArgs(
+            0,
+            0,
+            None,
+            None,
+            B,
+            cin,
+            cout,
+            g.in_pix,
+            g.out_pix,
+            plan.groups.data_ptr(),
+            plan.groups.shape[0],
+            plan.segs.data_ptr(),
+            plan.ents.data_ptr(),
+            classes.data_ptr(),
+            classes.shape[0],
+            pos.data_ptr(),
+            nthreads,
+            int(plan.wrap),
+            (ctypes.c_int * 3)(*_PMAX),
+        )
+        plan.args_cache[key] = args
+    args.x = x.data_ptr()
+    args.y = y.data_ptr()
+    args.w = w.data_ptr() if w is not None else None
+    args.bias = bias.data_ptr() if bias is not None else None
     if fn_name == "conv":
         rc = k.lib.psc_conv(ctypes.byref(args))
     elif fn_name == "gradw2":
@@ -430,10 +443,33 @@ def uses_fast(layer: PSConv2d, x: torch.Tensor) -> bool:
 
 
 def fast_forward(layer: PSConv2d, x: torch.Tensor) -> torch.Tensor | None:
-    if _backend == "reference" or not uses_fast(layer, x):
+    if _backend == "reference":
         return None
-    st = _state(layer)
     values, bias = layer.weight_values, layer.bias
+    st = _states.get(layer)
+    # The per-call checks are cached per layer and input kind: this runs once per layer call.
+    key = (
+        _backend,
+        x.dtype,
+        x.device,
+        x.dim(),
+        x.shape[1] if x.dim() > 1 else -1,
+        values.dtype,
+        values.device,
+        None if bias is None else bias.dtype,
+    )
+    if st is None or st.mask_ref is not layer.mask or key not in st.decisions:
+        if not uses_fast(layer, x):
+            if st is not None and st.mask_ref is layer.mask:
+                st.decisions[key] = False
+            return None
+        st = _state(layer)
+        st.decisions[key] = True
+    elif (
+        not st.decisions[key]
+        or x.shape[0] * max(layer.out_channels, x.shape[1]) * x.shape[2] * x.shape[3] >= 2**31
+    ):
+        return None
     needs_grad = torch.is_grad_enabled() and (
         x.requires_grad or values.requires_grad or (bias is not None and bias.requires_grad)
     )
