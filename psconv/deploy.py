@@ -215,8 +215,11 @@ def _summary(header: dict[str, Any], name: str, count_macs: bool) -> dict[str, A
             dense_params=counts["dense_params"], macs=counts["macs"], dense_macs=counts["dense_macs"]
         )
         removed = counts["dense_params"] - params
-        # The dense file stores the removed zeros too; headers differ by a few hundred bytes.
-        summary["dense_file_bytes_approx"] = summary["file_bytes"] + removed * _ITEMSIZE.get(weight_dtype, 4)
+        # A checkpoint of the same model densified (no resume state): it stores the removed
+        # zeros too; the headers differ by a few hundred bytes.
+        model_bytes = summary["file_bytes"] - max(0, summary["extra_bytes"])
+        summary["model_bytes_approx"] = model_bytes
+        summary["dense_file_bytes_approx"] = model_bytes + removed * _ITEMSIZE.get(weight_dtype, 4)
     summary["free_weights"] = free_weights
     return summary
 
@@ -250,15 +253,17 @@ def format_summary(s: dict[str, Any]) -> str:
         )
         m, dm = s["macs"], s["dense_macs"]
         lines.append(f"MACs        {m:,} ({_human(m)}) of {dm:,} dense ({dm / max(m, 1):.2f}x fewer)")
-        fb, db = s["file_bytes"], s["dense_file_bytes_approx"]
+        fb, mb, db = s["file_bytes"], s["model_bytes_approx"], s["dense_file_bytes_approx"]
+        held = f" (model about {mb:,}, resume state {s['extra_bytes']:,})" if s["extra_bytes"] > 0 else ""
         lines.append(
-            f"file size   {fb:,} bytes; dense equivalent about {db:,} ({db / max(fb, 1):.2f}x larger)"
+            f"file size   {fb:,} bytes{held}; the dense model's checkpoint about {db:,} "
+            f"({db / max(mb, 1):.2f}x larger)"
         )
     else:
         lines.append(
             f"params      {s['params']:,} (MACs not counted: --no-macs, or a model not in this psconv's registry)"
         )
-    if s["extra_bytes"] > 0:
+    if s["extra_bytes"] > 0 and "dense_params" not in s:
         lines.append(f"extra state {s['extra_bytes']:,} bytes (optimizer/RNG state for resuming)")
     if s["metrics"]:
         lines.append("recorded    " + ", ".join(f"{k}={v}" for k, v in s["metrics"].items()))

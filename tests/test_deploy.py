@@ -125,9 +125,14 @@ def test_inspect_uses_recorded_counts_and_classes(tmp_path: Path) -> None:
     model = psconv.create_model("resnet18", "PS1_P9", num_classes=3, image_size=64)
     names = ["n01", "n02", "n03"]
     path = tmp_path / "r.ckpt"
-    psconv.save(model, path, dataset="tinyimagenet", classes=names, macs=7, dense_params=8, dense_macs=9)
+    extra = {"momentum": torch.ones(100)}  # resume state: not part of the model's size
+    psconv.save(
+        model, path, extra=extra, dataset="tinyimagenet", classes=names, macs=7, dense_params=8, dense_macs=9
+    )
     s = deploy.summarize_checkpoint(path)
     assert s["counts_source"] == "meta" and (s["macs"], s["dense_macs"]) == (7, 9)
+    assert s["extra_bytes"] == 400 and s["model_bytes_approx"] == s["file_bytes"] - 400
+    assert "resume state 400" in deploy.format_summary(s)
     assert s["classes"] == names and s["image_size"] == 64
 
 
