@@ -342,7 +342,9 @@ def load_image(path: str | os.PathLike[str], size: int) -> np.ndarray:
         raise ValueError("not a regular file")
     try:
         with warnings.catch_warnings():
-            # A decompression bomb is an error here, not a warning on stderr.
+            # A decompression bomb is an error here; Pillow's other warnings about damaged
+            # metadata (EXIF, ICC) would be noise on stderr around the one-line skip report.
+            warnings.simplefilter("ignore")
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path, formats=IMAGE_FORMATS) as img:
                 img = ImageOps.exif_transpose(img)

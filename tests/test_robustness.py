@@ -22,6 +22,7 @@ import pickle
 import struct
 import subprocess
 import sys
+import warnings
 import zlib
 from collections.abc import Callable
 from pathlib import Path
@@ -455,6 +456,7 @@ def test_special_image_files(tmp_path: Path) -> None:
         "empty.png": b"",
         "text.png": b"hello",
         "bomb.png": _png_header_only(100_000, 100_000),  # 10^10 pixels declared, 60 bytes stored
+        "large.png": _png_header_only(10_000, 10_000),  # Pillow only warns: an error here
         "zero.png": _png_header_only(0, 0),
         "eps.jpg": b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n",
     }
@@ -464,7 +466,8 @@ def test_special_image_files(tmp_path: Path) -> None:
     os.mkfifo(fifo)  # opening it would block for ever: it must be skipped unopened
     (tmp_path / "folder.png").mkdir()
     for name in [*cases, "pipe.png", "folder.png", "missing.png"]:
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError), warnings.catch_warnings():
+            warnings.simplefilter("error")  # and nothing printed besides
             deploy.load_image(tmp_path / name, 32)
     assert deploy.load_image(good, 32).shape == (32, 32, 3)
 
