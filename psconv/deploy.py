@@ -29,7 +29,7 @@ import os
 import tempfile
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -288,6 +288,19 @@ class DeployModel:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     source: str = ""
+    _cache: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def dense(self) -> nn.Module:
+        """The dense-equivalent copy of the model (computed once)."""
+        if "dense" not in self._cache:
+            self._cache["dense"] = densify(self.model).eval()
+        return self._cache["dense"]
+
+    def export_metadata(self) -> dict[str, Any]:
+        """:func:`export_metadata` of this model (computed once)."""
+        if "metadata" not in self._cache:
+            self._cache["metadata"] = export_metadata(self)
+        return self._cache["metadata"]
 
 
 def load_for_inference(path: str | os.PathLike[str]) -> DeployModel:
@@ -617,7 +630,7 @@ def _write_new_file(out: Path, payload: bytes, *, force: bool, protect: Path) ->
 
 
 def export_model(
-    checkpoint: str | os.PathLike[str],
+    checkpoint: str | os.PathLike[str] | DeployModel,
     fmt: str,
     out: str | os.PathLike[str],
     *,
@@ -628,25 +641,26 @@ def export_model(
 
     With ``verify`` the written file is run by its own runtime on a random batch and compared
     with psconv's model (skipped for ONNX when onnxruntime is not installed). Returns the
-    metadata written, plus ``max_abs_diff`` when verified.
+    metadata written, plus ``max_abs_diff`` when verified. ``checkpoint`` may be a loaded
+    :class:`DeployModel`, to export one model to several formats without reloading it.
     """
     if fmt not in EXPORT_FORMATS:
         raise ValueError(f"unknown export format {fmt!r}; choose one of {', '.join(EXPORT_FORMATS)}")
     out_path = Path(out)
     if out_path.is_dir():
         raise ValueError(f"--out {str(out_path)!r} is a directory; name the file to write")
+    source = Path(checkpoint.source if isinstance(checkpoint, DeployModel) else checkpoint)
     # Checked before the (slow) export as well as at the end, where the write is atomic.
-    if out_path.exists() and Path(checkpoint).exists() and os.path.samefile(out_path, checkpoint):
+    if out_path.exists() and source.exists() and os.path.samefile(out_path, source):
         raise ValueError(f"--out {str(out_path)!r} is the checkpoint being exported; choose another name")
     if out_path.exists() and not force:
         raise ValueError(f"{str(out_path)!r} already exists; pass --force to overwrite it")
-    deploy = load_for_inference(checkpoint)
-    metadata = export_metadata(deploy)
-    dense = densify(deploy.model).eval()
+    deploy = checkpoint if isinstance(checkpoint, DeployModel) else load_for_inference(checkpoint)
+    metadata = deploy.export_metadata()
     size = deploy.image_size
     example = torch.zeros(1, 3, size, size)
-    payload = (_onnx_bytes if fmt == "onnx" else _torchscript_bytes)(dense, example, metadata)
-    _write_new_file(out_path, payload, force=force, protect=Path(checkpoint))
+    payload = (_onnx_bytes if fmt == "onnx" else _torchscript_bytes)(deploy.dense(), example, metadata)
+    _write_new_file(out_path, payload, force=force, protect=source)
     result = dict(metadata, file=str(out_path), file_bytes=len(payload), format=fmt)
     if verify:
         runnable = True

@@ -41,13 +41,14 @@ def exported(sparse_ckpt: Callable, tmp_path_factory: pytest.TempPathFactory) ->
     for name in MODELS:
         ckpt, model = sparse_ckpt(name)
         folder = tmp_path_factory.mktemp(name)
+        loaded = deploy.load_for_inference(ckpt)  # once for both formats
         files = {}
         for fmt in ("torchscript", "onnx") if _have_onnx() else ("torchscript",):
             files[fmt] = folder / f"{name}.{fmt}"
             # The export's own check (one run of the file) is exercised once; the tests below
             # compare far more inputs anyway.
             verify = name == "resnet18"
-            files[f"{fmt}-result"] = deploy.export_model(ckpt, fmt, files[fmt], verify=verify)
+            files[f"{fmt}-result"] = deploy.export_model(loaded, fmt, files[fmt], verify=verify)
         out[name] = {"model": model, "ckpt": ckpt, **files}
     return out
 
