@@ -522,6 +522,7 @@ def _train(
                 "config": asdict(config),
             }
             meta = {"epoch": epoch + 1, "dataset": config.dataset, "test_top1": row.get("test_top1")}
+            meta["data_source"] = data.source
             # Order matters for a crash between writes: best first, then last, then the csv
             # (which is always rebuilt from last.ckpt's history on resume).
             if improved:
@@ -531,6 +532,7 @@ def _train(
             log(_epoch_line(row, config.epochs))
 
     summary = _summary(config, history, counts, best, best_epoch, ddp.world_size, str(device))
+    summary["data_source"] = data.source
     if ddp.main and len(history) == config.epochs:
         _atomic_write(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
         log(

@@ -125,3 +125,32 @@ def test_device_batches_augment_and_shard() -> None:
     assert torch.equal(yb, torch.from_numpy(y))
     back = xb * data.std + data.mean
     assert torch.allclose(back, torch.from_numpy(x).permute(0, 3, 1, 2).float(), atol=1e-3)
+
+
+def test_download_verifies_checksum(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import dataclasses
+    import hashlib
+    import tarfile
+
+    import psconv.data as data
+
+    tree = tmp_path / "tree"
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for c in CIFAR10_CLASSES:
+            (tree / split / c).mkdir(parents=True)
+            Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(
+                tree / split / c / "0.png"
+            )
+    archive = tmp_path / "served.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(tree, arcname="cifar10")
+    md5 = hashlib.md5(archive.read_bytes()).hexdigest()
+    info = dataclasses.replace(data.DATASETS["cifar10"], url=archive.as_uri(), md5=md5)
+    monkeypatch.setitem(data.DATASETS, "cifar10", info)
+    ds = load_dataset("cifar10", tmp_path / "dl", download_missing=True, use_cache=False)
+    assert ds.x_train.shape == (10, 32, 32, 3) and (tmp_path / "dl" / info.archive).is_file()
+    monkeypatch.setitem(data.DATASETS, "cifar10", dataclasses.replace(info, md5="0" * 32))
+    with pytest.raises(ValueError, match="md5"):
+        load_dataset("cifar10", tmp_path / "dl2", download_missing=True, use_cache=False)
+    assert not any((tmp_path / "dl2").iterdir())  # nothing half-written is left behind

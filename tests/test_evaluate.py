@@ -90,3 +90,17 @@ def test_process_exit_code_without_traceback(tmp_path: Path) -> None:
     )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().count("\n") == 0 and "x.ckpt" in proc.stderr
+
+
+def test_demo_small(cifar_npz: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "demo"
+    argv = ["demo", "--data-dir", str(cifar_npz), "--train-subset", "32", "--test-subset", "32"]
+    argv += ["--epochs", "1", "--batch-size", "16", "--num-threads", "1", "--out", str(out)]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "PSD1_P16 vs dense" in printed and "fewer MACs" in printed
+    rows = json.loads((out / "results.json").read_text())["runs"]
+    assert [r["pattern"] for r in rows] == ["dense", "PSD1_P16"]
+    assert rows[1]["params"] < rows[0]["params"] and rows[1]["macs"] < rows[0]["macs"]
+    assert (out / "results.csv").read_text().startswith("model,pattern,params,macs")
+    assert main(argv) == 0  # a rerun replaces the demo's own run folders
