@@ -20,6 +20,7 @@ COMMAND_MODULES: list[str] = [
     "psconv.commands.export_cmd",
     "psconv.train",
     "psconv.evaluate",
+    "psconv.demo",
     "psconv.commands.energy_cmd",
     "psconv.commands.report_cmd",
     "psconv.bench",
