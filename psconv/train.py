@@ -18,6 +18,7 @@ at the start of each epoch and so drop one epoch earlier; we use the stated mile
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import dataclasses
 import io
@@ -262,6 +263,23 @@ def _atomic_write(path: Path, text: str) -> None:
         raise
 
 
+def _lock_run_dir(run_dir: Path) -> Any:
+    """Hold an exclusive lock on the run folder: two processes must not write one run."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock
+        return None
+    handle = open(run_dir / ".lock", "w")  # noqa: SIM115 (lives as long as the run)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        raise ValueError(
+            f"another psconv process is training in {str(run_dir)!r}; wait for it or stop it"
+        ) from None
+    return handle
+
+
 def _metrics_text(history: list[dict[str, Any]]) -> str:
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=METRICS_FIELDS, lineterminator="\n")
@@ -342,14 +360,20 @@ def train(
     config.validate()
     ddp = _setup_distributed(config.device)
     try:
-        return _train(config, resume, stop_after, ddp, log if ddp.main else (lambda _msg: None))
+        with contextlib.ExitStack() as cleanup:
+            return _train(config, resume, stop_after, ddp, log if ddp.main else (lambda _msg: None), cleanup)
     finally:
         if ddp.owned:
             dist.destroy_process_group()
 
 
 def _train(
-    config: TrainConfig, resume: bool, stop_after: int | None, ddp: _Dist, log: Callable[[str], None]
+    config: TrainConfig,
+    resume: bool,
+    stop_after: int | None,
+    ddp: _Dist,
+    log: Callable[[str], None],
+    cleanup: contextlib.ExitStack,
 ) -> TrainResult:
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
@@ -440,6 +464,9 @@ def _train(
 
     if ddp.main:
         run_dir.mkdir(parents=True, exist_ok=True)
+        lock = _lock_run_dir(run_dir)
+        if lock is not None:
+            cleanup.enter_context(lock)  # released when this call ends, however it ends
         _atomic_write(run_dir / "config.json", json.dumps(asdict(config), indent=2) + "\n")
         _atomic_write(run_dir / "metrics.csv", _metrics_text(history))
         log(
