@@ -160,7 +160,8 @@ def test_sigkill_mid_epoch_then_resume(cifar_npz: Path, tmp_path: Path, referenc
     proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
-        if (run / "last.ckpt").exists():
+        metrics = run / "metrics.csv"  # written atomically after last.ckpt
+        if metrics.exists() and len(metrics.read_text().splitlines()) > 1:
             break
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
