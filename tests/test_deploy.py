@@ -62,11 +62,15 @@ def _calibration_batch(size: int) -> torch.Tensor:
     return torch.nn.functional.interpolate(x, size=size, mode="bilinear") if size != 32 else x
 
 
+_CKPT_CACHE: dict[str, tuple[Path, torch.nn.Module]] = {}
+
+
 @pytest.fixture(scope="session")
 def sparse_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], tuple[Path, torch.nn.Module]]:
     """``get(name) -> (checkpoint path, model)``: a PSD1_P16 CIFAR-10 model with spread weights,
-    built once per session on first use (shared with test_export.py)."""
-    cache: dict[str, tuple[Path, torch.nn.Module]] = {}
+    built once per session on first use (shared with test_export.py, which imports this
+    fixture: pytest then holds two definitions, hence the module-level cache)."""
+    cache = _CKPT_CACHE
 
     def get(name: str) -> tuple[Path, torch.nn.Module]:
         if name not in cache:
