@@ -416,8 +416,8 @@ def normalize(images: np.ndarray, mean: Sequence[float], std: Sequence[float]) -
 
 
 @torch.no_grad()
-def classify(model: nn.Module, x: torch.Tensor, top_k: int = 5) -> tuple[torch.Tensor, torch.Tensor]:
-    """Softmax probabilities and class indices of the ``top_k`` classes for a normalised batch."""
+def _scores(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(softmax probabilities, per-row finiteness of the logits) for a normalised batch."""
     if x.ndim != 4 or x.shape[1] != 3:
         raise ValueError(f"expected a batch [N, 3, H, W], got shape {tuple(x.shape)}")
     if not bool(torch.isfinite(x).all()):
@@ -428,10 +428,20 @@ def classify(model: nn.Module, x: torch.Tensor, top_k: int = 5) -> tuple[torch.T
         logits = model(x).float()
     finally:
         model.train(was_training)
-    probs = torch.softmax(logits, dim=1)
+    return torch.softmax(logits, dim=1), torch.isfinite(logits).all(dim=1)
+
+
+def classify(model: nn.Module, x: torch.Tensor, top_k: int = 5) -> tuple[torch.Tensor, torch.Tensor]:
+    """Softmax probabilities and class indices of the ``top_k`` classes for a normalised batch.
+
+    Raises ``ValueError`` for NaN/Inf inputs and when the network's own outputs are not finite
+    (weights that are finite but broken, such as a negative BatchNorm variance).
+    """
+    probs, finite = _scores(model, x)
+    if not bool(finite.all()):
+        raise ValueError("the network returned NaN/Inf scores; its checkpoint is probably damaged")
     k = max(1, min(int(top_k), probs.shape[1]))
-    values, indices = probs.topk(k, dim=1)
-    return values, indices
+    return probs.topk(k, dim=1)
 
 
 @dataclass
@@ -461,8 +471,15 @@ def predict_files(
         if not pending:
             return
         x = normalize(np.stack([a for _, a in pending]), deploy.mean, deploy.std)
-        values, indices = classify(deploy.model, x, top_k)
-        for (name, _), vals, idx in zip(pending, values.tolist(), indices.tolist()):
+        probs, finite = _scores(deploy.model, x)
+        values, indices = probs.topk(min(top_k, probs.shape[1]), dim=1)
+        for (name, _), vals, idx, ok in zip(pending, values.tolist(), indices.tolist(), finite.tolist()):
+            if not ok:
+                reason = "the network returned NaN/Inf scores (is the checkpoint damaged?)"
+                skipped.append({"file": name, "reason": reason})
+                if on_skip is not None:
+                    on_skip(name, reason)
+                continue
             top = [
                 {"class": deploy.classes[i], "index": i, "probability": round(v, 6)}
                 for v, i in zip(vals, idx)

@@ -516,6 +516,19 @@ def test_nan_inf_policy(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(["export", "--checkpoint", str(ckpt), "--format", "torchscript", "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert err.count("NaN/Inf values in 'classifier.weight'") == 2 and not out.exists()
+    # Finite but broken weights (a negative BatchNorm variance): NaN scores are reported per
+    # image, never printed as probabilities.
+    with torch.no_grad():
+        vgg.classifier.weight[0, 0] = 0.0
+        vgg.features[1].running_var.fill_(-1.0)
+    ckpt = psconv.save(vgg, tmp_path / "broken.ckpt")
+    assert main(["predict", "--checkpoint", str(ckpt), str(tmp_path / "a.png"), "--json"]) == 2
+    captured = capsys.readouterr()
+    result = json.loads(captured.out, parse_constant=lambda c: pytest.fail(f"{c} in the JSON output"))
+    assert result["predictions"] == [] and "NaN/Inf scores" in result["skipped"][0]["reason"]
+    assert "NaN/Inf scores" in captured.err
+    with pytest.raises(ValueError, match="NaN/Inf scores"):
+        deploy.classify(vgg, torch.zeros(1, 3, 32, 32))
 
 
 # --------------------------------------------------------------------------------------------
