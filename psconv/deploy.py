@@ -16,10 +16,13 @@ Choices (documented in ``psconv <command> --help`` too):
   ``force`` is given; it never overwrites the checkpoint it reads, even with ``force``.
 - **Predict exit codes**: 0 when at least one image was classified (files that could not be
   read are reported on stderr and listed under ``skipped`` in JSON); 2 when none could be.
-- **Non-finite values**: image files decode to 0..255, so they cannot hold NaN or Inf; tensors
-  given to :func:`classify` with NaN/Inf are refused with ``ValueError`` (the network would
-  return NaN logits, and NaN probabilities rank arbitrarily). A checkpoint whose weights hold
-  NaN/Inf (a diverged run) is refused by :func:`load_for_inference`.
+- **Non-finite values**: image files decode to uint8 0..255, so they cannot carry NaN or Inf
+  into the network (a float TIFF holding NaN decodes to arbitrary bytes through Pillow's
+  conversion, like any other pixel values). Tensors given to :func:`classify` with NaN/Inf are
+  refused with ``ValueError``: the network itself propagates NaN to NaN logits, and NaN
+  probabilities rank arbitrarily. A checkpoint whose weights hold NaN/Inf (a diverged run) is
+  refused by :func:`load_for_inference`; one whose finite weights still yield NaN/Inf scores
+  (a negative BatchNorm variance) has those images skipped and reported by ``predict``.
 """
 
 from __future__ import annotations
