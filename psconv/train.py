@@ -201,7 +201,8 @@ def _resolve_device(device_arg: str, ddp: _Dist) -> torch.device:
             raise ValueError(f"--device {device_arg} asked for, but this torch build sees no CUDA GPU")
         if ddp.world_size > 1:
             device = torch.device("cuda", ddp.local_rank)
-        torch.cuda.set_device(device)
+        if device.index is not None:
+            torch.cuda.set_device(device)
     return device
 
 
@@ -563,7 +564,7 @@ def _train(
     if ddp.main and len(history) == config.epochs:
         _atomic_write(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
         log(
-            f"done: best top-1 {best:.2f}% (epoch {best_epoch}), final {summary['final_top1']}; "
+            f"done: best top-1 {best:.2f}% (epoch {best_epoch}), final {summary['final_top1']:.2f}%; "
             f"{summary['train_seconds']:.0f} s; run folder {run_dir}"
         )
     return TrainResult(summary=summary, model=model, history=history)
