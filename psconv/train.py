@@ -505,12 +505,16 @@ def _train(
             loss_sum += loss.detach() * len(y)
             correct += (out.detach().argmax(1) == y).sum()
             seen += len(y)
-            # Checking costs a device sync: every 20 steps on a GPU, each step on a CPU.
+            # Checking costs a device sync: every 20 steps on a GPU, each step on a CPU. The sum
+            # keeps a NaN of any step; under DDP all ranks decide together, so none is left waiting.
             if device.type == "cpu" or step % 20 == 19 or step == steps - 1:
-                if not math.isfinite(loss.item()):
+                bad = (~torch.isfinite(loss_sum)).float()
+                if ddp.world_size > 1:
+                    dist.all_reduce(bad)
+                if bad.item():
                     bar.close()
                     raise TrainingDiverged(
-                        f"loss became {loss.item()} at epoch {epoch + 1} step {step + 1}: stopped; "
+                        f"loss became NaN or infinite by epoch {epoch + 1} step {step + 1}: stopped; "
                         f"{str(run_dir)!r} keeps the last good checkpoint (after epoch {epoch}); "
                         f"try a lower --lr"
                     )
