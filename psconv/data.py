@@ -255,7 +255,7 @@ class _Files:
                         if member.isfile():
                             handle = tar.extractfile(member)
                             if handle is not None:
-                                self._data[member.name.lstrip("./")] = handle.read()
+                                self._data[member.name.removeprefix("./")] = handle.read()
                 self.names = sorted(self._data)
         except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as exc:
             raise ValueError(f"archive {str(path)!r} cannot be read ({exc}); is it complete?") from None
@@ -278,16 +278,12 @@ def _decode_images(files: _Files, names: list[str], size: int, what: str) -> np.
         name = names[i]
         try:
             with Image.open(io.BytesIO(files.read(name))) as img:
-                rgb = img.convert("RGB")
+                # The header gives the size: refuse before decoding (no decompression bombs).
+                if img.size != (size, size):
+                    raise ValueError(f"it is {img.size[0]}x{img.size[1]}, expected {size}x{size}")
+                out[i] = np.asarray(img.convert("RGB"))
         except Exception as exc:  # Pillow raises many types for a damaged file
-            raise ValueError(
-                f"{what}: image {name!r} in {str(files.path)!r} cannot be decoded: {exc}"
-            ) from None
-        if rgb.size != (size, size):
-            raise ValueError(
-                f"{what}: image {name!r} in {str(files.path)!r} is {rgb.size}, expected {size}x{size}"
-            )
-        out[i] = np.asarray(rgb)
+            raise ValueError(f"{what}: image {name!r} in {str(files.path)!r} cannot be used: {exc}") from None
 
     # Pillow releases the GIL while decoding, so threads use every core.
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:

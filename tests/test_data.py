@@ -101,7 +101,10 @@ def test_missing_and_malformed_data(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     (tmp_path / "test" / "cat").mkdir(parents=True)
     (tmp_path / "train" / "cat" / "0.jpg").write_bytes(b"garbage")
     (tmp_path / "test" / "cat" / "0.jpg").write_bytes(b"garbage")
-    with pytest.raises(ValueError, match="cannot be decoded"):
+    with pytest.raises(ValueError, match="cannot be used"):
+        load_dataset("cifar10", tmp_path, use_cache=False)
+    Image.new("RGB", (16, 16)).save(tmp_path / "train" / "cat" / "0.jpg", format="PNG")
+    with pytest.raises(ValueError, match="16x16, expected 32x32"):
         load_dataset("cifar10", tmp_path, use_cache=False)
 
 
