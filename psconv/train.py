@@ -10,9 +10,20 @@ learning rate is a pure function of the position in the schedule, so the only st
 model and the optimizer, both in ``last.ckpt``. On CPU a resumed run ends with the same bits
 as an uninterrupted one.
 
-Paper schedule: lr x0.2 after 40, 80, 100, 115, 130 and 140 finished epochs (of 150; scaled in
-proportion for other ``--epochs``), stepped per epoch. The authors' scripts call the scheduler
-at the start of each epoch and so drop one epoch earlier; we use the stated milestones.
+Choices the paper leaves open:
+
+- Paper schedule: lr x0.2 after 40, 80, 100, 115, 130 and 140 finished epochs (of 150; scaled
+  in proportion for other ``--epochs``), stepped per epoch. The authors' scripts call the
+  scheduler at the start of each epoch and so drop one epoch earlier; we use the stated
+  milestones. ``cosine`` and ``onecycle`` (warm-up from lr/10 over 20%, then linear to 0) step
+  per batch. ``metrics.csv``'s ``lr`` is the rate at the epoch's first step.
+- Each epoch drops its last partial batch (its images are in other epochs' batches), so every
+  step, on any number of ranks, averages the same number of images.
+- ``--train-subset``/``--test-subset`` draw a fixed sample (independent of ``--seed``), so runs
+  with different seeds or patterns see the same images, and ``psconv eval --test-subset N``
+  scores the images training scored.
+- Under DDP, BatchNorm statistics span all ranks (SyncBatchNorm on GPUs, an all-reduce
+  BatchNorm on CPU), so N ranks compute what one process does with the same global batch.
 """
 
 from __future__ import annotations
