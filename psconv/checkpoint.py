@@ -267,6 +267,19 @@ def load_checkpoint(
         return _restore(header, tensors, name, model, map_location)
 
 
+def _check_dtypes(model: nn.Module, state: Any, name: str) -> None:
+    """load_state_dict would silently cast a tensor the header relabelled (float32 -> int32)."""
+    if not isinstance(state, dict):
+        raise CheckpointError(f"checkpoint {name!r} has a corrupt header (state is not a table)")
+    expected = model.state_dict()
+    for key, tensor in state.items():
+        if key in expected and isinstance(tensor, torch.Tensor) and tensor.dtype != expected[key].dtype:
+            raise CheckpointError(
+                f"checkpoint {name!r} does not match its model: {key!r} is {tensor.dtype}, "
+                f"the model expects {expected[key].dtype}"
+            )
+
+
 def _restore(
     header: dict[str, Any],
     tensors: list[torch.Tensor],
@@ -298,6 +311,7 @@ def _restore(
         model.psconv_config = config  # type: ignore[assignment]
     try:
         apply_sparse_layers(model, layers)
+        _check_dtypes(model, state, name)
         model.load_state_dict(state, strict=True)
     except (ValueError, RuntimeError, TypeError, KeyError, OverflowError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

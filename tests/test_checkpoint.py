@@ -131,3 +131,13 @@ def test_header_from_other_model(small_ckpt, tmp_path) -> None:
 def test_missing_file(tmp_path) -> None:
     with pytest.raises(CheckpointError, match="does not exist"):
         psconv.load(tmp_path / "nope.ckpt")
+
+
+def test_relabelled_dtype_is_refused(small_ckpt, tmp_path) -> None:
+    head_len = struct.unpack_from("<Q", small_ckpt, 8)[0]
+    header = small_ckpt[16 : 16 + head_len]
+    # relabel every float32 tensor as int32: same sizes, so only a dtype check can notice
+    forged = header.replace(b'"dtype":"float32"', b'"dtype":"int32"')
+    assert forged != header
+    prefix = MAGIC + struct.pack("<Q", len(forged))
+    _expect_error(tmp_path, prefix + forged + small_ckpt[16 + head_len :], "expects torch.float32")
