@@ -8,7 +8,9 @@ optimizer state and history) and, at the end, ``summary.json``.
 Exact resume: each epoch's shuffle, crops and flips are drawn from ``(seed, epoch)`` and the
 learning rate is a pure function of the position in the schedule, so the only state is the
 model and the optimizer, both in ``last.ckpt``. On CPU a resumed run ends with the same bits
-as an uninterrupted one.
+as an uninterrupted one, given deterministic kernels: today that means ``--num-threads 1`` or
+``PSCONV_BACKEND=reference`` (the compiled weight-gradient kernel's multi-threaded sums vary in
+the last bits from run to run).
 
 Choices the paper leaves open:
 

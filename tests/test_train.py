@@ -76,6 +76,33 @@ def test_paper_schedule() -> None:
     )
 
 
+@pytest.mark.xfail(
+    reason="the compiled weight-gradient kernel sums in a thread-dependent order with >1 thread; "
+    "exact resume then needs --num-threads 1 or PSCONV_BACKEND=reference",
+    strict=False,
+)
+def test_multithreaded_steps_are_deterministic() -> None:
+    x = torch.randn(16, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    y = torch.arange(16) % 10
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        runs = []
+        for _ in range(2):
+            torch.manual_seed(0)
+            model = psconv.create_model("vgg16", "PSD1_P16")
+            opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+            for _ in range(2):
+                loss = F.cross_entropy(model(x), y)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+            runs.append(model.state_dict())
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])
+
+
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory: pytest.TempPathFactory) -> psconv.train.TrainResult:
     from conftest import shared_file
