@@ -97,7 +97,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--download", action="store_true", help="fetch the official archive if missing")
     p.add_argument("--batch-size", type=int, default=500)
     p.add_argument("--test-subset", type=int, metavar="N", help="evaluate on N images (as train did)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N")
+    p.add_argument("--device", default="auto", help="auto (a GPU if there is one), cpu, cuda, cuda:N")
     p.add_argument("--json", action="store_true", help="print a JSON dict")
     p.set_defaults(func=run)
 
@@ -105,6 +105,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be a positive integer, got {args.batch_size}")
+    if args.device == "auto":
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"--device {args.device} asked for, but this torch build sees no CUDA GPU")
     result = evaluate_checkpoint(
