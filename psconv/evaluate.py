@@ -107,6 +107,10 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--batch-size must be a positive integer, got {args.batch_size}")
     if args.device == "auto":
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        torch.device(args.device)
+    except RuntimeError:
+        raise ValueError(f"--device {args.device!r} is not a device (use auto, cpu, cuda, cuda:N)") from None
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"--device {args.device} asked for, but this torch build sees no CUDA GPU")
     result = evaluate_checkpoint(

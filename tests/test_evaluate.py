@@ -58,6 +58,8 @@ def _bad_runs(npz: Path, tmp: Path) -> list[tuple[list[str], str]]:
         (["train", "--amp", "fp16", "--device", "cpu", *data], "fp16 needs a CUDA device"),
         (["eval", "--checkpoint", str(tmp / "none.ckpt"), *data], "does not exist"),
         (["eval", "--checkpoint", str(bogus), *data], "not a psconv checkpoint"),
+        (["eval", "--checkpoint", str(bogus), "--device", "gpu7"], "is not a device"),
+        (["train", "--device", "gpu7", *data], "is not a device"),
     ]
 
 
