@@ -15,9 +15,9 @@ $(STAMP): pyproject.toml $(wildcard setup.py) $(wildcard csrc/*)
 	$(PY) -m pip install -q -e ".[dev]"
 	touch $(STAMP)
 
+# Main job: dense vs sparse VGG16 on a real CIFAR-10 subset ($$PSCONV_DATA, ../shared/data, or a download).
 run: $(STAMP)
-	$(VENV)/bin/psconv profile --all --model vgg16
-	$(VENV)/bin/psconv profile --all --model resnet18
+	$(VENV)/bin/psconv demo
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
