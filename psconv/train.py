@@ -440,10 +440,16 @@ def _train(
     extra: dict[str, Any] = {}
     if resume and last_path.exists():
         ckpt = load_checkpoint(last_path, model=model)
-        extra = ckpt.extra or {}
-        start_epoch = int(extra["epoch"])
-        history = list(extra["history"])
-        best, best_epoch = float(extra["best_top1"]), int(extra["best_epoch"])
+        extra = ckpt.extra if isinstance(ckpt.extra, dict) else {}
+        try:
+            start_epoch = int(extra["epoch"])
+            history = list(extra["history"])
+            best, best_epoch = float(extra["best_top1"]), int(extra["best_epoch"])
+        except (KeyError, TypeError, ValueError):
+            raise ValueError(
+                f"cannot resume: {str(last_path)!r} holds no training state (a best.ckpt or an "
+                "exported model copied over it?); start a new run with another --out"
+            ) from None
         log(f"resuming {run_dir} after epoch {start_epoch}/{config.epochs}")
     elif resume:
         log(f"no finished epoch in {run_dir}: starting it from the beginning")

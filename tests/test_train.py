@@ -153,6 +153,11 @@ def test_resume_refuses_changed_config_and_overwrite(cifar_npz: Path, tmp_path: 
         train(replace(config, lr=0.5), resume=True, log=lambda _m: None)
     with pytest.raises(FileNotFoundError, match="nothing to resume"):
         train(replace(config, out=str(tmp_path / "none")), resume=True, log=lambda _m: None)
+    # a best.ckpt copied over last.ckpt has weights but no training state
+    (tmp_path / "run" / "best.ckpt").replace(tmp_path / "run" / "last.ckpt")
+    psconv.save(psconv.load(tmp_path / "run" / "last.ckpt"), tmp_path / "run" / "last.ckpt")
+    with pytest.raises(ValueError, match="holds no training state"):
+        train(config, resume=True, log=lambda _m: None)
 
 
 def test_nan_stops_and_keeps_last_good_checkpoint(
