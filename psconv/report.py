@@ -86,7 +86,9 @@ def read_paper(path: str | Path) -> list[dict[str, Any]]:
 def read_timings(path: str | Path) -> dict[tuple[str, str], dict[str, float]]:
     """``{(model, pattern): {forward_b1_ms, forward_b128_ms, train_step_b128_ms}}`` from JSON rows."""
     rows = json.loads(Path(path).read_text())
-    if isinstance(rows, dict):
+    if isinstance(rows, dict) and "models" in rows:
+        rows = _bench_rows(rows)
+    elif isinstance(rows, dict):
         rows = rows.get("rows", [])
     table: dict[tuple[str, str], dict[str, float]] = {}
     for row in rows:
@@ -95,6 +97,21 @@ def read_timings(path: str | Path) -> dict[tuple[str, str], dict[str, float]]:
         key = (row["model"], parse_pattern(row["pattern"]).name)
         table[key] = {k: float(row[k]) for k in TIMING_KEYS if row.get(k) is not None}
     return table
+
+
+def _bench_rows(bench: dict[str, Any]) -> list[dict[str, Any]]:
+    """Rows of :func:`read_timings` from ``psconv bench --json`` output."""
+    keys = {"fwd1": "forward_b1_ms", "fwd": "forward_b128_ms", "train": "train_step_b128_ms"}
+    if bench.get("settings", {}).get("batch", 128) != 128:
+        raise ValueError("timings from psconv bench must use --batch 128 (the report's columns)")
+    rows = []
+    for model in bench["models"]:
+        variants = [("dense", model["dense"])] + list(model["patterns"].items())
+        for pattern, cases in variants:
+            row = {"model": model["model"], "pattern": pattern}
+            row.update({keys[c]: v["ms"] for c, v in cases.items() if c in keys})
+            rows.append(row)
+    return rows
 
 
 def complexity_rows(models: tuple[str, ...] = ("vgg16", "resnet18")) -> list[dict[str, Any]]:

@@ -79,3 +79,27 @@ def test_cli_energy_override_changes_numbers(capsys) -> None:
     cheap = json.loads(capsys.readouterr().out)
     assert cheap["constants"]["dram_pj"] == 100
     assert cheap["formats"]["csr"]["inference_uj"] < base["formats"]["csr"]["inference_uj"]
+
+
+def test_timings_from_bench_json(tmp_path: Path) -> None:
+    from psconv.report import read_timings
+
+    bench = {
+        "settings": {"batch": 128},
+        "models": [
+            {
+                "model": "vgg16",
+                "dense": {"fwd1": {"ms": 5.0}, "fwd": {"ms": 300.0}, "train": {"ms": 1000.0}},
+                "patterns": {"PSD1_P16": {"fwd1": {"ms": 2.0}, "train": {"ms": 400.0}, "ideal": 5.8}},
+            }
+        ],
+    }
+    path = tmp_path / "bench.json"
+    path.write_text(json.dumps(bench))
+    table = read_timings(path)
+    assert table[("vgg16", "dense")] == {
+        "forward_b1_ms": 5.0,
+        "forward_b128_ms": 300.0,
+        "train_step_b128_ms": 1000.0,
+    }
+    assert table[("vgg16", "PSD1_P16")] == {"forward_b1_ms": 2.0, "train_step_b128_ms": 400.0}
