@@ -14,7 +14,9 @@ Cases: forward at batch 1 and at the large batch (eval mode, no grad), and a tra
 the large batch (forward, cross-entropy, backward, SGD with momentum). Per layer, each
 pattern-sparse conv is timed alone on its real input shape (forward, and forward+backward).
 The ideal ratio beside each speedup is dense MACs / kept MACs (from :func:`psconv.profile`).
-Peak memory of a training step is the max RSS growth of a fresh subprocess over one step.
+Peak memory of a training step: in a fresh subprocess, after one warm-up step, the growth of
+the resident set's high-water mark over one more step (activations, gradients, workspaces),
+and the absolute peak RSS of that process.
 """
 
 from __future__ import annotations
@@ -291,20 +293,40 @@ if variant == 'dense':
 engine.set_backend('reference' if variant in ('dense', 'masked') else 'auto')
 opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
 x, y = torch.randn(batch, 3, size, size), torch.randint(0, 10, (batch,))
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-for _ in range(2):
+
+def status(key):
+    with open('/proc/self/status') as fh:
+        for line in fh:
+            if line.startswith(key):
+                return float(line.split()[1]) / 1024
+    raise KeyError(key)
+
+def step():
     opt.zero_grad(set_to_none=True)
     F.cross_entropy(model(x), y).backward()
     opt.step()
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print((peak - base) / 1024, peak / 1024)
+
+step()  # warm-up: plans, packed weights, optimizer state
+try:
+    # ru_maxrss survives exec (it would report the parent's size): use the mm's high-water
+    # mark, reset just before the timed step.
+    with open('/proc/self/clear_refs', 'w') as fh:
+        fh.write('5')
+    base = status('VmRSS')
+    step()
+    peak = status('VmHWM')
+except (OSError, KeyError):
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    step()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+print(peak - base, peak)
 """
 
 
 def _peak_memory(
     name: str, pattern: str, variant: str, batch: int, size: int, threads: int
 ) -> dict[str, float]:
-    """MiB of max-RSS growth over two training steps in a fresh process, and the absolute peak."""
+    """Peak RSS growth (MiB) over one steady-state training step in a fresh process, and the peak."""
     cmd = [sys.executable, "-c", _PROBE, name, pattern, variant, str(batch), str(size), str(threads)]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=dict(os.environ))
     if out.returncode != 0:

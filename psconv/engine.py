@@ -139,7 +139,8 @@ class _Plans:
             inverse[plan.gather[sel]] = np.nonzero(sel)[0]
             if (inverse < 0).any():  # pragma: no cover - the plan covers every kept weight
                 raise AssertionError("packed plan misses kept weights")
-            self._inverse = torch.from_numpy(inverse)
+            self._inverse = torch.from_numpy(inverse.astype(np.int32))
+            plan.gather = np.zeros(0, dtype=np.int64)  # kept as int32 in the tensors only
         return self._fwd
 
     @property
@@ -220,7 +221,8 @@ def _to_plan_tensors(plan: Any, dense_macs: int) -> _PlanTensors:
         groups=torch.from_numpy(plan.groups),
         segs=torch.from_numpy(plan.segs),
         ents=torch.from_numpy(plan.ents),
-        gather=torch.from_numpy(plan.gather),
+        # int32 indices: half the memory of int64, and index_select accepts them.
+        gather=torch.from_numpy(plan.gather.astype(np.int32 if plan.gather.size < 2**31 else np.int64)),
         total=plan.total,
         ratio=dense_macs / max(plan.executed_macs_per_pixel, 1),
         wrap=plan.wrap,
@@ -382,6 +384,7 @@ class _PSConvFunction(torch.autograd.Function):
         return out
 
     @staticmethod
+    @torch.autograd.function.once_differentiable  # the kernels have no double backward
     def backward(ctx: Any, gout: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
         x_cl, values = ctx.saved_tensors
         st: _LayerState = ctx.st
