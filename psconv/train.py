@@ -375,7 +375,13 @@ def train(
     ddp = _setup_distributed(config.device)
     try:
         with contextlib.ExitStack() as cleanup:
-            return _train(config, resume, stop_after, ddp, log if ddp.main else (lambda _msg: None), cleanup)
+            result = _train(
+                config, resume, stop_after, ddp, log if ddp.main else (lambda _msg: None), cleanup
+            )
+        if ddp.world_size > 1:
+            # rank 0 still writes the last checkpoint: no rank may tear the group down before it
+            dist.barrier()
+        return result
     finally:
         if ddp.owned:
             dist.destroy_process_group()
