@@ -32,6 +32,27 @@ class OptionalBuildExt(build_ext):
         except Exception as exc:  # noqa: BLE001
             self._warn(exc)
 
+    def copy_extensions_to_source(self) -> None:
+        # Write the in-place copy under a temporary name and rename it: a running process
+        # that has the old library mapped keeps its inode instead of seeing it truncated.
+        import os
+        import shutil
+
+        build_py = self.get_finalized_command("build_py")
+        for ext in self.extensions:
+            fullname = self.get_ext_fullname(ext.name)
+            filename = self.get_ext_filename(fullname)
+            src = os.path.join(self.build_lib, filename)
+            if not os.path.exists(src):
+                continue  # the build failed and was reported
+            modpath = fullname.split(".")
+            package_dir = build_py.get_package_dir(".".join(modpath[:-1]))
+            dst = os.path.join(package_dir, os.path.basename(filename))
+            tmp = dst + ".tmp"
+            shutil.copyfile(src, tmp)
+            shutil.copymode(src, tmp)
+            os.replace(tmp, dst)
+
     def get_export_symbols(self, ext: Extension) -> list[str]:
         # Not a Python module: there is no PyInit_ symbol to export.
         return []

@@ -260,3 +260,24 @@ def test_both_weight_gradient_kernels(threshold, monkeypatch):
         _check(pattern, 24, 40, (6, 5), batch=2)
         _check(pattern, 16, 16, (3, 3), batch=3, padding=0)
         _check(pattern, 64, 32, (2, 2), batch=2, padding=2)
+
+
+@needs_kernels
+@pytest.mark.parametrize("threshold", [0.0, 2.0])
+def test_weight_gradient_is_bit_reproducible(threshold, monkeypatch):
+    # Exact resume of training needs the same bits on every run for a given thread count.
+    monkeypatch.setattr(engine, "_GRADW2_BELOW", threshold)
+    engine.set_backend("fast")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        layer = PSConv2d(64, 64, pattern="PS1_P9")
+        x = torch.randn(8, 64, 12, 12)
+        grads = []
+        for _ in range(3):
+            layer.zero_grad()
+            layer(x).square().sum().backward()
+            grads.append(layer.weight_values.grad.clone())
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(grads[0], g) for g in grads[1:])
