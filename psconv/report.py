@@ -225,14 +225,16 @@ def write_report(
     out: str | Path,
     *,
     paper: str | Path | None = None,
-    timings: str | Path | None = None,
+    timings: str | Path | list[str | Path] | None = None,
     constants: EnergyConstants | None = None,
 ) -> dict[str, Any]:
     """Write ``out/report.md``, CSV tables and PNG figures; returns what was written."""
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     runs = [read_run(d) for d in run_dirs]
-    timing_table = read_timings(timings) if timings else {}
+    timing_table: dict[tuple[str, str], dict[str, float]] = {}
+    for path in [timings] if isinstance(timings, (str, Path)) else timings or []:
+        timing_table.update(read_timings(path))
     paper_rows = read_paper(paper) if paper else []
     run_rows = _run_rows(runs, timing_table)
     paper_lookup = {(r["model"], r["dataset"], r["variant"]): r for r in paper_rows}

@@ -14,13 +14,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--runs", nargs="+", required=True, metavar="DIR", help="run folders (psconv train --out)")
     p.add_argument("--out", required=True, help="output folder for report.md, *.csv and *.png")
     p.add_argument("--paper", metavar="CSV", help="paper-results.csv: draw the paper's points beside ours")
-    p.add_argument("--timings", metavar="JSON", help="measured times per (model, pattern): see README")
+    p.add_argument(
+        "--timings", nargs="+", metavar="JSON", help="psconv bench --json outputs (or rows): measured times"
+    )
     p.add_argument("--set", action="append", metavar="NAME=VALUE", help="override an energy constant")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    for path in [args.paper, args.timings]:
+    for path in [args.paper, *(args.timings or [])]:
         if path and not Path(path).is_file():
             raise FileNotFoundError(f"{path!r} does not exist")
     result = write_report(
