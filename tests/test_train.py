@@ -76,11 +76,6 @@ def test_paper_schedule() -> None:
     )
 
 
-@pytest.mark.xfail(
-    reason="the compiled weight-gradient kernel sums in a thread-dependent order with >1 thread; "
-    "exact resume then needs --num-threads 1 or PSCONV_BACKEND=reference",
-    strict=False,
-)
 def test_multithreaded_steps_are_deterministic() -> None:
     x = torch.randn(16, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     y = torch.arange(16) % 10
