@@ -151,7 +151,12 @@ def save(model: nn.Module, path: str | os.PathLike[str], *, extra: Any = None, *
     tensors (optimizer state, RNG states) and comes back from :func:`load_checkpoint`.
     """
     path = Path(path)
-    payload = serialize(model, extra=extra, **meta)
+    atomic_write(path, serialize(model, extra=extra, **meta))
+    return path
+
+
+def atomic_write(path: Path, payload: bytes) -> None:
+    """Write ``payload`` to ``path`` via a synced temp file and a rename: never a half file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -163,7 +168,6 @@ def save(model: nn.Module, path: str | os.PathLike[str], *, extra: Any = None, *
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return path
 
 
 def _read(path: Path) -> tuple[dict[str, Any], memoryview]:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .energy import EnergyConstants, energy_estimate
-from .models import create_model
+from .models import DATASET_SHAPES, create_model
 from .patterns import PAPER_PATTERNS, parse_pattern
 from .profile import profile
 
@@ -27,7 +27,6 @@ __all__ = [
     "MATPLOTLIB_HINT",
 ]
 
-DATASETS = {"cifar10": (32, 10), "tinyimagenet": (64, 200)}
 MATPLOTLIB_HINT = "figures need matplotlib: pip install 'psconv[plot]' (or pip install matplotlib)"
 TIMING_KEYS = ("forward_b1_ms", "forward_b128_ms", "train_step_b128_ms")
 
@@ -114,10 +113,13 @@ def _bench_rows(bench: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
-def complexity_rows(models: tuple[str, ...] = ("vgg16", "resnet18")) -> list[dict[str, Any]]:
+def complexity_rows(
+    models: tuple[str, ...] = ("vgg16", "resnet18"), datasets: tuple[str, ...] = tuple(DATASET_SHAPES)
+) -> list[dict[str, Any]]:
     """Params and MACs of every paper variant, for each model and dataset."""
     rows = []
-    for dataset, (side, classes) in DATASETS.items():
+    for dataset in datasets:
+        side, classes = DATASET_SHAPES[dataset]
         for name in models:
             for pattern in PAPER_PATTERNS:
                 model = create_model(name, pattern, num_classes=classes, image_size=side)
@@ -142,7 +144,7 @@ def energy_rows(
     constants: EnergyConstants | None = None,
     dataset: str = "cifar10",
 ) -> list[dict[str, Any]]:
-    side, classes = DATASETS[dataset]
+    side, classes = DATASET_SHAPES[dataset]
     rows = []
     for name in models:
         for pattern in patterns:
@@ -197,7 +199,7 @@ def _run_rows(
 ) -> list[dict[str, Any]]:
     rows = []
     for run in runs:
-        side, classes = DATASETS.get(run["dataset"], (32, 10))
+        side, classes = DATASET_SHAPES.get(run["dataset"], (32, 10))
         result = profile(create_model(run["model"], run["pattern"], num_classes=classes, image_size=side),
                          (1, 3, side, side), file_size=False)  # fmt: skip
         config = run["config"]

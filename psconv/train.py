@@ -40,7 +40,6 @@ import math
 import os
 import signal
 import sys
-import tempfile
 import time
 import warnings
 from collections.abc import Callable
@@ -53,7 +52,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from .checkpoint import load_checkpoint, save
+from .checkpoint import atomic_write, load_checkpoint, save
 from .data import DATASETS, DeviceData, load_dataset
 from .evaluate import evaluate
 from .models import create_model, list_models
@@ -265,16 +264,7 @@ def _global_batchnorm(module: nn.Module) -> nn.Module:
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, text.encode())
 
 
 def _lock_run_dir(run_dir: Path) -> Any:

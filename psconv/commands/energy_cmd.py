@@ -6,10 +6,8 @@ import argparse
 import json
 
 from ..energy import SOURCES, energy_estimate, parse_overrides
-from ..models import create_model, list_models
+from ..models import DATASET_SHAPES, create_model, list_models
 from ..profile import profile
-
-DATASET_SHAPES = {"cifar10": (32, 10), "tinyimagenet": (64, 200)}
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

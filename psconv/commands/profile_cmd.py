@@ -5,11 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..models import create_model, list_models
-from ..patterns import PAPER_PATTERNS
+from ..models import DATASET_SHAPES, create_model, list_models
 from ..profile import format_profile, profile
-
-DATASET_SHAPES = {"cifar10": (32, 10), "tinyimagenet": (64, 200)}
+from ..report import complexity_rows
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -22,31 +20,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def summary_rows(model: str, dataset: str) -> list[dict[str, object]]:
-    """One row per paper pattern: params and MACs in the paper's units (M and G)."""
-    side, classes = DATASET_SHAPES[dataset]
-    rows = []
-    for pattern in PAPER_PATTERNS:
-        net = create_model(model, pattern, num_classes=classes, image_size=side)
-        result = profile(net, (1, 3, side, side), file_size=False)
-        rows.append(
-            {
-                "model": model,
-                "dataset": dataset,
-                "variant": pattern,
-                "params_M": round(result["params"] / 1e6, 3),
-                "macs_G": round(result["macs"] / 1e9, 4),
-                "params": result["params"],
-                "macs": result["macs"],
-            }
-        )
-    return rows
-
-
 def run(args: argparse.Namespace) -> int:
     side, classes = DATASET_SHAPES[args.dataset]
     if args.all:
-        rows = summary_rows(args.model, args.dataset)
+        rows = complexity_rows((args.model,), (args.dataset,))
         if args.json:
             print(json.dumps(rows, indent=2))
         else:

@@ -14,9 +14,11 @@ from torch import nn
 from ..convert import sparsify
 from ..patterns import parse_pattern
 
-__all__ = ["register_model", "create_model", "list_models", "init_paper"]
+__all__ = ["DATASET_SHAPES", "register_model", "create_model", "list_models", "init_paper"]
 
 ModelBuilder = Callable[[int, int], nn.Module]
+# (image_size, num_classes) of the data sets the paper uses: the build arguments they imply.
+DATASET_SHAPES: dict[str, tuple[int, int]] = {"cifar10": (32, 10), "tinyimagenet": (64, 200)}
 _REGISTRY: dict[str, ModelBuilder] = {}
 
 
