@@ -1,5 +1,6 @@
 """psconv: convolutional networks with pre-defined sparse kernels (Kundu et al., 2020)."""
 
+from .allocator import tune_allocator
 from .checkpoint import Checkpoint, CheckpointError, load, load_checkpoint, read_header, save
 from .convert import densify, eligible_convs, sparsify
 from .engine import get_backend, set_backend
@@ -32,4 +33,5 @@ __all__ = [
     "save",
     "set_backend",
     "sparsify",
+    "tune_allocator",
 ]

@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import engine
+from .allocator import tune_allocator
 from .layers import PSConv2d
 
 __all__ = ["add_parser", "run", "bench_model", "DEFAULT_PATTERNS", "DEFAULT_MODELS"]
@@ -402,7 +403,7 @@ def format_report(report: dict[str, Any]) -> str:
     b = report["settings"]["batch"]
     lines = [
         f"psconv bench: torch {report['machine']['torch']}, {report['machine']['threads']} threads, "
-        f"kernels {report['machine']['kernels']}; median of {report['settings']['repeats']} interleaved rounds",
+        f"kernels {report['machine']['kernels']}, allocator {report['machine'].get('allocator', 'default')}; median of {report['settings']['repeats']} interleaved rounds",
         "speedup = dense (best of NCHW / channels-last) time / psconv time; ideal = dense MACs / kept MACs",
     ]
     for res in report["models"]:
@@ -463,12 +464,14 @@ def run(args: argparse.Namespace) -> int:
         batch, repeats, layers, memory = min(batch, 8), min(repeats, 2), False, False
         _SAMPLE_SCALE = 0.05
     info = engine.kernel_info()
+    allocator = tune_allocator()  # dense and sparse alike: they run in this one process
     report: dict[str, Any] = {
         "machine": {
             "torch": torch.__version__,
             "threads": torch.get_num_threads(),
             "kernels": info["isa"] if info["available"] else f"unavailable ({info['error']})",
             "processor": platform.processor() or platform.machine(),
+            "allocator": allocator,
         },
         "settings": {"batch": batch, "repeats": repeats, "image_size": args.image_size, "cases": args.cases},
         "models": [],

@@ -11,6 +11,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from .allocator import tune_allocator
 from .checkpoint import CheckpointError
 
 COMMAND_MODULES: list[str] = [
@@ -25,6 +26,10 @@ COMMAND_MODULES: list[str] = [
     "psconv.commands.report_cmd",
     "psconv.bench",
 ]
+
+
+# Commands that run models: they keep freed activation memory in the process (see allocator.py).
+COMPUTE_COMMANDS = frozenset({"train", "eval", "bench", "demo", "predict"})
 
 
 class _Parser(argparse.ArgumentParser):
@@ -51,6 +56,8 @@ def _version() -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command in COMPUTE_COMMANDS:
+        tune_allocator()
     try:
         return int(args.func(args) or 0)
     # OSError too: an existing file named as an output folder, a full disk... are user errors.
