@@ -3,7 +3,7 @@
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #include "psconv_kernels.h"
 #pragma GCC push_options
-#pragma GCC target("avx512f,avx512bw,avx512dq,avx512vl,fma,avx2,bmi2")
+#pragma GCC target("avx512f,avx512bw,avx512dq,avx512vl,fma,avx2,bmi2,prfchw")
 #include <immintrin.h>
 
 namespace {
@@ -13,7 +13,7 @@ inline V vload(const float* p) { return _mm512_loadu_ps(p); }
 inline V vloadm(const float* p, unsigned m) { return _mm512_maskz_loadu_ps((__mmask16)m, p); }
 // Lanes in mlo come from lo, lanes in mhi from hi, the rest are zero (channel wrap-around).
 inline V vloadm2(const float* lo, const float* hi, unsigned mlo, unsigned mhi) {
-    return _mm512_mask_loadu_ps(_mm512_maskz_loadu_ps((__mmask16)mlo, lo), (__mmask16)mhi, hi);
+    return _mm512_or_ps(_mm512_maskz_loadu_ps((__mmask16)mlo, lo), _mm512_maskz_loadu_ps((__mmask16)mhi, hi));
 }
 inline V vfma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
 inline void vstore(float* p, V v) { _mm512_storeu_ps(p, v); }
@@ -33,6 +33,7 @@ inline void vstore_out(float* dst, V v, const float* bias, int nv) {
 }  // namespace
 
 #define PSC_SUFFIX avx512
+#define PSC_CONTIG_TILES 1  // fixed-stride tiles: worth their compile time only here
 #include "kernel_body.inc"
 #pragma GCC pop_options
 

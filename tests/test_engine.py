@@ -93,6 +93,15 @@ def test_stride2_and_padding(pattern):
 
 
 @needs_kernels
+@pytest.mark.parametrize("pattern", ["PS1_P9", "PS4_P4", "PSD2_P8"])
+@pytest.mark.parametrize(("ci", "stride"), [(64, 1), (128, 1), (64, 2), (256, 1)])
+def test_fixed_stride_tiles(pattern, ci, stride):
+    # Channel counts whose pixel stride (ci * stride floats) has a specialised full-tile
+    # kernel; rows of 20 pixels hold full tiles of every width (16, 12, 8, 6, 4) and remainders.
+    _check(pattern, ci, 64 if ci == 256 else ci, (6, 20), stride=stride, batch=2)
+
+
+@needs_kernels
 @pytest.mark.parametrize("hw", [(1, 1), (2, 2), (4, 4), (3, 5)])
 def test_small_images(hw):
     _check("PSD2_P8", 64, 40, hw, batch=3)
