@@ -79,6 +79,7 @@ ext = Extension(
         "-fno-math-errno",
         "-g0",
         "-Wno-maybe-uninitialized",
+        "-Wno-psabi",  # 64-byte vectors pass only between inline functions of one file
     ],
     # libgomp.so.1 resolves to the copy torch has already loaded: one shared thread pool.
     extra_link_args=["-fopenmp"],
