@@ -30,6 +30,15 @@ inline void vstore_out(float* dst, V v, const float* bias, int nv) {
         _mm512_mask_storeu_ps(dst, m, r);
     }
 }
+// Full 16-lane block to a 64-byte aligned address, bypassing the caches: for outputs too large
+// to stay cached until the next layer reads them, this saves reading every line before writing.
+inline void vstore_out_nt(float* dst, V v, const float* bias) {
+    const __m512i rev = _mm512_set_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    V r = _mm512_permutexvar_ps(rev, v);
+    if (bias) r = _mm512_add_ps(r, _mm512_loadu_ps(bias));
+    _mm512_stream_ps(dst, r);
+}
+inline void vfence() { _mm_sfence(); }
 }  // namespace
 
 #define PSC_SUFFIX avx512

@@ -34,6 +34,8 @@ inline void vstore(float* p, V v) { memcpy(p, &v, sizeof(V)); }
 inline void vstore_out(float* dst, V v, const float* bias, int nv) {
     for (int i = 0; i < nv; ++i) dst[i] = v[15 - i] + (bias ? bias[i] : 0.0f);
 }
+inline void vstore_out_nt(float* dst, V v, const float* bias) { vstore_out(dst, v, bias, 16); }
+inline void vfence() {}
 }  // namespace
 
 #define PSC_SUFFIX generic

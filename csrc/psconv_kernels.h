@@ -40,6 +40,7 @@ typedef struct {
     int nthreads;
     int wrap;      // 1: diagonal d reads channels (d + j) mod cin (needs cin >= 16)
     int pmax[3];   // largest pixel tile for F = 1, 2, 4 filter blocks (0: no cap)
+    int stream_out;  // set by psc_conv itself: non-temporal output stores (large outputs)
 } psc_args;
 
 int psc_conv_generic(const psc_args* a);

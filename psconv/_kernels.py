@@ -40,6 +40,7 @@ class PscArgs(ctypes.Structure):
         ("nthreads", ctypes.c_int),
         ("wrap", ctypes.c_int),
         ("pmax", ctypes.c_int * 3),
+        ("stream_out", ctypes.c_int),
     ]
 
 

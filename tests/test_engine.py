@@ -102,6 +102,23 @@ def test_fixed_stride_tiles(pattern, ci, stride):
 
 
 @needs_kernels
+def test_large_output_uses_streaming_stores_correctly():
+    # Outputs above 16 MiB are written with non-temporal stores (forward and grad-input alike).
+    torch.manual_seed(0)
+    layer = PSConv2d(64, 64, pattern="PSD2_P8")
+    x = torch.randn(3, 64, 150, 150, requires_grad=True)
+    assert 3 * 64 * 150 * 150 * 4 > 16 << 20
+    engine.set_backend("fast")
+    y = layer(x)
+    (gx,) = torch.autograd.grad(y, x, torch.ones_like(y))
+    engine.set_backend("reference")
+    y_ref = layer(x)
+    (gx_ref,) = torch.autograd.grad(y_ref, x, torch.ones_like(y_ref))
+    assert _rel(y, y_ref) < 1e-4
+    assert _rel(gx, gx_ref) < 1e-4
+
+
+@needs_kernels
 @pytest.mark.parametrize("hw", [(1, 1), (2, 2), (4, 4), (3, 5)])
 def test_small_images(hw):
     _check("PSD2_P8", 64, 40, hw, batch=3)
