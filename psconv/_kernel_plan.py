@@ -126,7 +126,11 @@ def build_weight_plan(
             if len(dsel) == 0:
                 continue
             dv = d_all[dsel]
-            nsplit = int((dv <= Bd - 16).sum()) if wrap else 0
+            # Full-width diagonals first: the kernels run them on plain loads and only the rest
+            # (straddling the channel end, or the partial ones of an unwrapped plan) masked.
+            full = dv <= Bd - 16 if wrap else (dv >= 0) & (dv <= Bd - 16)
+            dsel = np.concatenate([dsel[full], dsel[~full]])
+            nsplit = int(full.sum())
             segs.append((t, e_local, len(dsel), nsplit, 0))
             t_parts.append(np.full(len(dsel), t))
             d_parts.append(dsel)
