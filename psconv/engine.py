@@ -231,8 +231,8 @@ def _to_plan_tensors(plan: Any, dense_macs: int) -> _PlanTensors:
 
 
 # Kernel speed per executed MAC relative to oneDNN dense, by filter blocks per tile (F): one
-# input load feeds F FMAs, and with F = 1 the kernel is load-bound (measured on Zen 5 and
-# Sapphire Rapids class cores, 64-512 channels).
+# input load feeds F FMAs, and with F = 1 the kernel is load-bound (measured on Zen 5, 64-512
+# channels).
 _F_EFFICIENCY = {1: 0.35, 2: 0.65, 4: 0.9}
 
 
