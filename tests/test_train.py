@@ -46,19 +46,25 @@ def tiny_config(data: Path, out: Path, **kw: object) -> TrainConfig:
     return replace(base, **kw)
 
 
-def test_loss_falls_on_real_images(cifar_npz: Path) -> None:
-    ds = load_dataset("cifar10", cifar_npz)
-    x, y = next(DeviceData(ds.x_train[:16], ds.y_train[:16]).eval_batches(16))
+def _sgd_steps(x: torch.Tensor, y: torch.Tensor, steps: int) -> tuple[torch.nn.Module, list[float]]:
+    """A seeded VGG16-PSD1_P16 after `steps` plain SGD steps on one batch, and its losses."""
     torch.manual_seed(0)
     model = psconv.create_model("vgg16", "PSD1_P16")
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     losses = []
-    for _ in range(6):
+    for _ in range(steps):
         loss = F.cross_entropy(model(x), y)
         opt.zero_grad()
         loss.backward()
         opt.step()
         losses.append(loss.item())
+    return model, losses
+
+
+def test_loss_falls_on_real_images(cifar_npz: Path) -> None:
+    ds = load_dataset("cifar10", cifar_npz)
+    x, y = next(DeviceData(ds.x_train[:16], ds.y_train[:16]).eval_batches(16))
+    _, losses = _sgd_steps(x, y, 6)
     assert losses[-1] < 0.7 * losses[0], losses
 
 
@@ -82,17 +88,7 @@ def test_multithreaded_steps_are_deterministic() -> None:
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        runs = []
-        for _ in range(2):
-            torch.manual_seed(0)
-            model = psconv.create_model("vgg16", "PSD1_P16")
-            opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-            for _ in range(2):
-                loss = F.cross_entropy(model(x), y)
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-            runs.append(model.state_dict())
+        runs = [_sgd_steps(x, y, 2)[0].state_dict() for _ in range(2)]
     finally:
         torch.set_num_threads(threads)
     assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])
