@@ -39,6 +39,30 @@ inline void vstore_out_nt(float* dst, V v, const float* bias) {
     _mm512_stream_ps(dst, r);
 }
 inline void vfence() { _mm_sfence(); }
+// Pair broadcast: lanes 2i and 2i+1 get p[0] and p[1]. Masked: bit 0 keeps p[0], bit 1 p[1]
+// (the other channel lies outside the tensor and is not read).
+inline V vbcast2(const float* p) { return _mm512_castpd_ps(_mm512_broadcastsd_pd(_mm_load_sd((const double*)p))); }
+inline V vbcast2m(const float* p, unsigned m2) {
+    return _mm512_broadcast_f32x2(_mm_maskz_loadu_ps((__mmask8)m2, p));
+}
+// Lanes in m of r get src[idx[lane]]; the others keep r.
+inline V vperm_merge(V r, unsigned m, const int* idx, V src) {
+    return _mm512_mask_permutexvar_ps(r, (__mmask16)m, _mm512_loadu_si512(idx), src);
+}
+// Filter-ordered vector to the output: add bias, store nv lanes (nt: full, aligned, streaming).
+inline void vstore_res(float* dst, V v, const float* bias, int nv, bool nt) {
+    if (nv >= 16) {
+        if (bias) v = _mm512_add_ps(v, _mm512_loadu_ps(bias));
+        if (nt)
+            _mm512_stream_ps(dst, v);
+        else
+            _mm512_storeu_ps(dst, v);
+    } else {
+        const __mmask16 m = (__mmask16)((1u << nv) - 1u);
+        if (bias) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, bias));
+        _mm512_mask_storeu_ps(dst, m, v);
+    }
+}
 }  // namespace
 
 #define PSC_SUFFIX avx512

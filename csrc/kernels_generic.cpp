@@ -36,6 +36,24 @@ inline void vstore_out(float* dst, V v, const float* bias, int nv) {
 }
 inline void vstore_out_nt(float* dst, V v, const float* bias) { vstore_out(dst, v, bias, 16); }
 inline void vfence() {}
+inline V vbcast2(const float* p) {
+    V r;
+    for (int i = 0; i < 16; ++i) r[i] = p[i & 1];
+    return r;
+}
+inline V vbcast2m(const float* p, unsigned m2) {
+    V r;
+    for (int i = 0; i < 16; ++i) r[i] = ((m2 >> (i & 1)) & 1u) ? p[i & 1] : 0.0f;
+    return r;
+}
+inline V vperm_merge(V r, unsigned m, const int* idx, V src) {
+    for (int i = 0; i < 16; ++i)
+        if ((m >> i) & 1u) r[i] = src[idx[i]];
+    return r;
+}
+inline void vstore_res(float* dst, V v, const float* bias, int nv, bool) {
+    for (int i = 0; i < nv; ++i) dst[i] = v[i] + (bias ? bias[i] : 0.0f);
+}
 }  // namespace
 
 #define PSC_SUFFIX generic

@@ -13,12 +13,18 @@
 //   ents    [ne][2]:          tap, d (expanded segments, for the weight-gradient kernel)
 //   classes [nc][CLS_STRIDE]: tapmask, npos, pos_begin, delta[9] (pixel offsets per tap)
 //   pos     [npos][2]:        out pixel index in image, virtual input pixel index in image
+//
+// Pair-broadcast plans (bcast = 2, for periods that do not divide 16): lane j of a block reads
+// channel d + j % 2 of the pixel (one 8-byte broadcast load); lanes hold filters in any order,
+// so tiles write every block to a per-thread scratch row and outmap puts the lanes back in
+// filter order once per pixel.
 #pragma once
 
 #define PSC_GRP_STRIDE 10
 #define PSC_SEG_STRIDE 5
 #define PSC_CLS_STRIDE 12
 #define PSC_CHUNK_STRIDE 70
+#define PSC_OUTMAP_STRIDE 19
 
 #ifdef __cplusplus
 extern "C" {
@@ -41,6 +47,10 @@ typedef struct {
     int wrap;      // 1: diagonal d reads channels (d + j) mod cin (needs cin >= 16)
     int pmax[3];   // largest pixel tile for F = 1, 2, 4 filter blocks (0: no cap)
     int stream_out;  // set by psc_conv itself: non-temporal output stores (large outputs)
+    int bcast;          // 0: diagonal packing; 2: pair broadcast (lane j reads channel d + j % 2)
+    const int* outmap;  // bcast plans: [nout][OUTMAP_STRIDE] q, block, lane mask, lane index x16
+    int nout;
+    int nfb;            // filter blocks of the plan (bcast plans: lanes per pixel / 16)
 } psc_args;
 
 int psc_conv_generic(const psc_args* a);

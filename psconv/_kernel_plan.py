@@ -8,6 +8,14 @@ it reads is 16 contiguous channels of a pixel. Blocks with identical per-diagona
 are grouped (up to 4) so that one input load feeds several filter blocks. Any mask works (pSC
 just gets unions of taps, i.e. little saving), so correctness never depends on the family.
 
+Pair-broadcast packing (period m not dividing 16, e.g. PS1 with period 9): with m odd, no two
+16-filter blocks of the diagonal packing share a tap set below 160 channels, so every input
+load feeds one FMA and the loads (most of them straddling two cache lines) bound the kernel.
+Instead, lane j of a block reads channel d + j % 2 of a pixel (a 2-float broadcast, one short
+load), and holds a filter of class (a mod m) = K - j % 2: all lanes again share one tap per
+entry, blocks of the same K share entries (one load feeds several FMAs from 256 channels), and
+the output lanes are put back in filter order once per pixel (``outmap``).
+
 Geometry plan: output pixels are grouped into classes with the same set of in-range taps
 (image border, and for the transposed convolution the stride parity), so a tile of pixels
 never tests bounds and skips taps that fall on padding for all of its pixels.
@@ -22,6 +30,7 @@ import numpy as np
 GRP_STRIDE = 10
 SEG_STRIDE = 5
 CLS_STRIDE = 12
+OUTMAP_STRIDE = 19
 
 
 @dataclass
@@ -34,6 +43,8 @@ class WeightPlan:
     executed_macs_per_pixel: int  # lane-MACs the kernel executes per output pixel (no border)
     needed_macs_per_pixel: int  # kept weights (= MACs per output pixel)
     wrap: bool  # diagonals wrap around the reduction axis
+    bcast: int = 0  # 0: diagonal packing (lane j reads d + j); 2: pair broadcast (d + j % 2)
+    outmap: np.ndarray | None = None  # int32 [nrec, OUTMAP_STRIDE] for bcast plans
 
 
 @dataclass
@@ -64,30 +75,93 @@ def _load_cost(mask: np.ndarray, wrap: bool) -> int:
     return cost
 
 
+def additive_period(mask: np.ndarray) -> int | None:
+    """The period m if ``mask[a, b]`` depends only on ``(a + b) mod m`` (m in 2..16), else None."""
+    A, Bd, _ = mask.shape
+    codes = (mask * (1 << np.arange(9))).sum(-1)  # [A, B]
+    for m in range(2, min(16, A + Bd - 1) + 1):
+        s = (np.arange(A)[:, None] + np.arange(Bd)[None, :]) % m
+        table = np.full(m, -1, dtype=np.int64)
+        table[s.reshape(-1)[::-1]] = codes.reshape(-1)[::-1]  # any representative per residue
+        if (table[s] == codes).all():
+            return m
+    return None
+
+
+def pair_lanes(A: int, m: int) -> np.ndarray:
+    """Filter of each lane [nfb, 16] (-1: empty) for the pair-broadcast packing of period m.
+
+    Even lanes hold filters of class K, odd lanes (which read the next channel) class K - 1,
+    for K = 1, 3, 5, ...; with m odd the last class fills even lanes alone.
+    """
+    cls = [list(range(r, A, m)) for r in range(m)]
+    blocks: list[np.ndarray] = []
+    for K in range(1, m + 1, 2):
+        even = cls[K] if K < m else []
+        odd = cls[K - 1]
+        if K == m:  # m odd: the last class has no partner
+            even, odd = cls[m - 1], []
+        for i in range(0, max(len(even), len(odd)), 8):
+            blk = np.full(16, -1, dtype=np.int64)
+            e, o = even[i : i + 8], odd[i : i + 8]
+            blk[0 : 2 * len(e) : 2] = e
+            blk[1 : 2 * len(o) : 2] = o
+            blocks.append(blk)
+    return np.stack(blocks)
+
+
+def _outmap(filt: np.ndarray, A: int) -> np.ndarray:
+    """Records (q, block, lane mask, lane index x16) that rebuild output vector q (filters 16q..)."""
+    recs = []
+    for q in range((A + 15) // 16):
+        for fb in range(filt.shape[0]):
+            js = np.nonzero((filt[fb] >= 16 * q) & (filt[fb] < 16 * q + 16))[0]
+            if len(js) == 0:
+                continue
+            idx = np.zeros(16, dtype=np.int64)
+            lanes = filt[fb, js] - 16 * q
+            idx[lanes] = js
+            recs.append([q, fb, int((1 << lanes).sum()), *idx.tolist()])
+    return np.ascontiguousarray(np.asarray(recs, dtype=np.int32).reshape(-1, OUTMAP_STRIDE))
+
+
 def build_weight_plan(
-    mask: np.ndarray, vidx: np.ndarray, max_f: int = 4, wrap: bool | None = None
+    mask: np.ndarray, vidx: np.ndarray, max_f: int = 4, wrap: bool | None = None, bcast: int = 0
 ) -> WeightPlan:
     """Plan for ``out[a] += sum_{b,t} W[a,b,t] * in[b]`` with ``mask``/``vidx`` of shape [A, B, 9].
 
     ``vidx`` holds the index of each kept weight in the value vector (-1 where not kept).
+    ``bcast=2`` builds the pair-broadcast packing; it needs ``additive_period(mask)``.
     """
     A, Bd, _ = mask.shape
     nnz = int(mask.sum())
-    nfb = (A + 15) // 16
-    # Wrapping diagonals around the channel axis avoids half-empty diagonals at the ends; for
-    # periodic patterns with m | B it changes no tap set. Otherwise (period 9 on 64 channels)
-    # the wrapped tails need two taps and two loads, so keep whichever plan loads less.
-    if wrap is None:
-        wrap = Bd >= 16 and 0.9 * _load_cost(mask, True) <= _load_cost(mask, False)
     j = np.arange(16)
-    a = (np.arange(nfb)[:, None] * 16 + 15 - j[None, :]).astype(np.int64)  # [nfb, 16]
-    d_all = np.arange(0, Bd) if wrap else np.arange(-15, Bd)
-    b = d_all[:, None] + j[None, :]  # [nd, 16]
+    if bcast:
+        period = additive_period(mask)
+        if bcast != 2 or period is None:
+            raise ValueError("pair-broadcast packing needs a mask periodic in a + b")
+        a = pair_lanes(A, period)
+        nfb = a.shape[0]
+        coff = j % 2
+        wrap = False
+        d_all = np.arange(-1, Bd)
+    else:
+        nfb = (A + 15) // 16
+        a = (np.arange(nfb)[:, None] * 16 + 15 - j[None, :]).astype(np.int64)  # [nfb, 16]
+        a = np.where(a < A, a, -1)
+        coff = j
+        # Wrapping diagonals around the channel axis avoids half-empty diagonals at the ends;
+        # for periodic patterns with m | B it changes no tap set. Otherwise (period 9 on 64
+        # channels) the wrapped tails need two taps and two loads: keep whichever loads less.
+        if wrap is None:
+            wrap = Bd >= 16 and 0.9 * _load_cost(mask, True) <= _load_cost(mask, False)
+        d_all = np.arange(0, Bd) if wrap else np.arange(-15, Bd)
+    b = d_all[:, None] + coff[None, :]  # [nd, 16]
     if wrap:
         b = b % Bd
-    a_ok = a < A
+    a_ok = a >= 0
     b_ok = (b >= 0) & (b < Bd)
-    ac = np.minimum(a, A - 1)
+    ac = np.clip(a, 0, A - 1)
     bc = np.clip(b, 0, Bd - 1)
     ok = a_ok[:, None, :] & b_ok[None, :, :]  # [nfb, nd, 16]
     m = mask[ac[:, None, :], bc[None, :, :]] & ok[..., None]  # [nfb, nd, 16, 9]
@@ -128,7 +202,10 @@ def build_weight_plan(
             dv = d_all[dsel]
             # Full-width diagonals first: the kernels run them on plain loads and only the rest
             # (straddling the channel end, or the partial ones of an unwrapped plan) masked.
-            full = dv <= Bd - 16 if wrap else (dv >= 0) & (dv <= Bd - 16)
+            if bcast:
+                full = (dv >= 0) & (dv <= Bd - 2)
+            else:
+                full = dv <= Bd - 16 if wrap else (dv >= 0) & (dv <= Bd - 16)
             dsel = np.concatenate([dsel[full], dsel[~full]])
             nsplit = int(full.sum())
             segs.append((t, e_local, len(dsel), nsplit, 0))
@@ -157,6 +234,8 @@ def build_weight_plan(
         executed_macs_per_pixel=executed,
         needed_macs_per_pixel=nnz,
         wrap=wrap,
+        bcast=bcast,
+        outmap=_outmap(a, A) if bcast else None,
     )
 
 

@@ -41,6 +41,10 @@ class PscArgs(ctypes.Structure):
         ("wrap", ctypes.c_int),
         ("pmax", ctypes.c_int * 3),
         ("stream_out", ctypes.c_int),
+        ("bcast", ctypes.c_int),
+        ("outmap", ctypes.c_void_p),
+        ("nout", ctypes.c_int),
+        ("nfb", ctypes.c_int),
     ]
 
 
@@ -66,7 +70,7 @@ def _load() -> tuple[ctypes.CDLL | None, str | None]:
         )
     try:
         handle = ctypes.CDLL(path)
-        if handle.psc_abi_version() != 3:
+        if handle.psc_abi_version() != 4:
             return None, f"{path}: unexpected ABI version"
         for name in ("psc_conv",):
             fn = getattr(handle, name)

@@ -51,6 +51,13 @@ _backend = os.environ.get("PSCONV_BACKEND", "auto")
 if _backend not in BACKENDS:
     _backend = "auto"
 
+# Weight packing of the convolution kernels: 'auto' picks per plan by the efficiency model,
+# 'diagonal' or 'pair' force one (tests, benchmarks; pair only where the mask allows it).
+PACKINGS = ("auto", "diagonal", "pair")
+_packing = os.environ.get("PSCONV_PACKING", "auto")
+if _packing not in PACKINGS:
+    _packing = "auto"
+
 # 'auto' uses the kernel when the expected speedup (dense MACs / executed lane-MACs, times the
 # kernel's relative efficiency) is at least this; below it oneDNN is the safer choice.
 AUTO_MIN_RATIO = 1.25
@@ -101,6 +108,9 @@ class _PlanTensors:
     ratio: float  # dense MACs / executed lane-MACs
     wrap: bool
     efficiency: float  # expected speed relative to dense per executed MAC (measured, per group width)
+    bcast: int = 0  # 2: pair-broadcast packing, whose output lanes go back through outmap
+    outmap: torch.Tensor | None = None
+    nfb: int = 0
     # ctypes argument blocks per (geometry, batch, channels, threads): rebuilt only on change,
     # since a fresh 19-field structure costs more than a small layer's kernel at batch 1.
     args_cache: dict[tuple[int, ...], Any] = field(default_factory=dict)
@@ -116,6 +126,8 @@ class _Plans:
         self.nnz = int(self._np.sum())
         self._fwd: _PlanTensors | None = None
         self._fwd_plan: Any = None
+        self._gw: _PlanTensors | None = None
+        self._gw_plan: Any = None
         self._chunks: torch.Tensor | None = None
         self._bwd: _PlanTensors | None = None
         self._inverse: torch.Tensor | None = None
@@ -129,34 +141,43 @@ class _Plans:
     @property
     def fwd(self) -> _PlanTensors:
         if self._fwd is None:
-            from ._kernel_plan import build_weight_plan
+            self._fwd, self._fwd_plan = _best_plan(self._np, self._vidx(), self.co * self.ci * 9)
+        return self._fwd
 
-            plan = build_weight_plan(self._np, self._vidx())
-            self._fwd_plan = plan
-            self._fwd = _to_plan_tensors(plan, self.co * self.ci * 9)
+    @property
+    def gw(self) -> _PlanTensors:
+        """Plan of the weight-gradient kernels, whose packed layout the gradient is computed in
+        (``inverse`` maps it back to value order). The forward plan, except a pair plan of
+        narrow groups: there the diagonal plan's input-pixel kernel is faster (measured)."""
+        if self._gw is None:
+            self._gw, plan = self.fwd, self._fwd_plan
+            if self._gw.bcast and self._gw.efficiency < _GW_PAIR_MIN_EFFICIENCY:
+                from ._kernel_plan import build_weight_plan
+
+                plan = build_weight_plan(self._np, self._vidx())
+                self._gw = _to_plan_tensors(plan, self.co * self.ci * 9)
+            self._gw_plan = plan
+            gather = self._gw.gather.numpy()
             inverse = np.full(self.nnz, -1, dtype=np.int64)
-            sel = plan.gather < self.nnz
-            inverse[plan.gather[sel]] = np.nonzero(sel)[0]
+            sel = gather < self.nnz
+            inverse[gather[sel]] = np.nonzero(sel)[0]
             if (inverse < 0).any():  # pragma: no cover - the plan covers every kept weight
                 raise AssertionError("packed plan misses kept weights")
             self._inverse = torch.from_numpy(inverse.astype(np.int32))
-            plan.gather = np.zeros(0, dtype=np.int64)  # kept as int32 in the tensors only
-        return self._fwd
+        return self._gw
 
     @property
     def bwd(self) -> _PlanTensors:
         # Built on the first backward only: inference never needs the transposed plan.
         if self._bwd is None:
-            from ._kernel_plan import build_weight_plan
-
             mt = np.ascontiguousarray(self._np.transpose(1, 0, 2))
             vt = np.ascontiguousarray(self._vidx().transpose(1, 0, 2))
-            self._bwd = _to_plan_tensors(build_weight_plan(mt, vt), self.co * self.ci * 9)
+            self._bwd = _best_plan(mt, vt, self.co * self.ci * 9)[0]
         return self._bwd
 
     @property
     def inverse(self) -> torch.Tensor:
-        self.fwd  # noqa: B018 - builds the inverse as a side effect
+        self.gw  # noqa: B018 - builds the inverse as a side effect
         assert self._inverse is not None
         return self._inverse
 
@@ -166,8 +187,8 @@ class _Plans:
         if self._chunks is None:
             from ._kernel_plan import build_gradw_chunks
 
-            self.fwd  # noqa: B018
-            self._chunks = torch.from_numpy(build_gradw_chunks(self._fwd_plan))
+            self.gw  # noqa: B018
+            self._chunks = torch.from_numpy(build_gradw_chunks(self._gw_plan))
         return self._chunks
 
 
@@ -187,6 +208,10 @@ class _LayerState:
     @property
     def bwd(self) -> _PlanTensors:
         return self.plans.bwd
+
+    @property
+    def gw(self) -> _PlanTensors:
+        return self.plans.gw
 
     @property
     def inverse(self) -> torch.Tensor:
@@ -217,31 +242,71 @@ _geometries: dict[
 
 
 def _to_plan_tensors(plan: Any, dense_macs: int) -> _PlanTensors:
+    """Tensors of a plan; its int64 gather is dropped (kept as int32 in the tensors only)."""
+    outmap = torch.from_numpy(plan.outmap) if plan.outmap is not None else None
+    gather = torch.from_numpy(plan.gather.astype(np.int32 if plan.gather.size < 2**31 else np.int64))
+    plan.gather = np.zeros(0, dtype=np.int64)
     return _PlanTensors(
         groups=torch.from_numpy(plan.groups),
         segs=torch.from_numpy(plan.segs),
         ents=torch.from_numpy(plan.ents),
         # int32 indices: half the memory of int64, and index_select accepts them.
-        gather=torch.from_numpy(plan.gather.astype(np.int32 if plan.gather.size < 2**31 else np.int64)),
+        gather=gather,
         total=plan.total,
         ratio=dense_macs / max(plan.executed_macs_per_pixel, 1),
         wrap=plan.wrap,
-        efficiency=_efficiency(plan.groups),
+        efficiency=_efficiency(plan.groups, plan.bcast),
+        bcast=plan.bcast,
+        outmap=outmap,
+        nfb=int(plan.groups[:, 1:5].max()) + 1 if plan.bcast and len(plan.groups) else 0,
     )
+
+
+def _best_plan(mask: np.ndarray, vidx: np.ndarray, dense_macs: int) -> tuple[_PlanTensors, Any]:
+    """The diagonal or, for periods that do not divide 16, the pair-broadcast plan: whichever
+    the efficiency model expects to run faster (tensors and the numpy plan)."""
+    from ._kernel_plan import additive_period, build_weight_plan
+
+    dplan = build_weight_plan(mask, vidx)
+    diag = _to_plan_tensors(dplan, dense_macs)
+    if _packing == "diagonal":
+        return diag, dplan
+    period = additive_period(mask)
+    # Periods dividing 16 already share every tap set across blocks in the diagonal packing.
+    if period is None or (16 % period == 0 and _packing != "pair"):
+        return diag, dplan
+    pplan = build_weight_plan(mask, vidx, bcast=2)
+    pair = _to_plan_tensors(pplan, dense_macs)
+    if _packing == "pair" or pair.ratio * pair.efficiency > diag.ratio * diag.efficiency:
+        return pair, pplan
+    return diag, dplan
+
+
+def set_packing(name: str) -> None:
+    """Force the weight packing of new plans: 'auto', 'diagonal' or 'pair' (tests, benchmarks)."""
+    global _packing
+    if name not in PACKINGS:
+        raise ValueError(f"packing must be one of {PACKINGS}, got {name!r}")
+    _packing = name
+    _plans.clear()
+    _states.clear()
 
 
 # Kernel speed per executed MAC relative to oneDNN dense, by filter blocks per tile (F): one
 # input load feeds F FMAs, and with F = 1 the kernel is load-bound (measured on Zen 5, 64-512
 # channels).
 _F_EFFICIENCY = {1: 0.35, 2: 0.65, 4: 0.9}
+# The pair-broadcast loads are 8 bytes and never straddle cache lines: F = 1 runs far better.
+_F_EFFICIENCY_BCAST = {1: 0.45, 2: 0.7, 4: 1.0}
 
 
-def _efficiency(groups: np.ndarray) -> float:
+def _efficiency(groups: np.ndarray, bcast: int = 0) -> float:
     if len(groups) == 0:
         return 1.0
+    table = _F_EFFICIENCY_BCAST if bcast else _F_EFFICIENCY
     f = groups[:, 0].astype(np.float64)
     work = (groups[:, 8] - groups[:, 7]).astype(np.float64) * f
-    eff = np.array([_F_EFFICIENCY.get(int(v), 0.35) for v in f])
+    eff = np.array([table.get(int(v), 0.35) for v in f])
     return float((work * eff).sum() / max(work.sum(), 1.0))
 
 
@@ -316,6 +381,11 @@ def _call(
             nthreads,
             int(plan.wrap),
             (ctypes.c_int * 3)(*_PMAX),
+            0,
+            plan.bcast,
+            plan.outmap.data_ptr() if plan.outmap is not None else None,
+            plan.outmap.shape[0] if plan.outmap is not None else 0,
+            plan.nfb,
         )
         plan.args_cache[key] = args
     args.x = x.data_ptr()
@@ -338,6 +408,9 @@ def _call(
 
 
 _CL = torch.channels_last
+# Pair plans compute the weight gradient only when their groups are wide (four blocks from
+# 256 channels at period 9: 2x the diagonal plan); below, the diagonal plan is faster.
+_GW_PAIR_MIN_EFFICIENCY = 0.9
 # Plans whose expected efficiency is below this (mostly one-block groups) use the
 # input-pixel weight-gradient kernel; it is slower for well-grouped plans (measured).
 _GRADW2_BELOW = 0.6
@@ -401,15 +474,15 @@ class _PSConvFunction(torch.autograd.Function):
             packed = st.packed("bwd", values)
             _call("conv", g, gx, packed, None, B, Co, Ci, st.bwd, geo)
         if ctx.needs_input_grad[1]:
-            dwp = torch.empty(st.fwd.total, dtype=torch.float32)
+            dwp = torch.empty(st.gw.total, dtype=torch.float32)
             geo = _geometry(0, H, W, stride, padding)
-            if stride == (1, 1) and max(padding) <= 2 and st.fwd.efficiency < _GRADW2_BELOW:
+            if stride == (1, 1) and max(padding) <= 2 and st.gw.efficiency < _GRADW2_BELOW:
                 # Mostly one-block groups (e.g. period 9): this kernel loops over input pixels
                 # with a zero-haloed dy, so blocks with different tap sets share input loads.
                 extra = (st.chunks, H, W, Ho, Wo, padding[0], padding[1])
-                _call("gradw2", x_cl, dwp, None, None, B, Ci, Co, st.fwd, geo, dy=g, extra=extra)
+                _call("gradw2", x_cl, dwp, None, None, B, Ci, Co, st.gw, geo, dy=g, extra=extra)
             else:
-                _call("gradw", x_cl, dwp, None, None, B, Ci, Co, st.fwd, geo, dy=g)
+                _call("gradw", x_cl, dwp, None, None, B, Ci, Co, st.gw, geo, dy=g)
             gw = dwp.index_select(0, st.inverse)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             gb = g.sum(dim=(0, 2, 3))

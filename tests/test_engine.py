@@ -28,6 +28,14 @@ def _restore_backend():
     engine.set_backend(old)
 
 
+@pytest.fixture(params=["diagonal", "pair"])
+def packing(request):
+    """Runs a test with each weight packing forced (pair where the mask allows it)."""
+    engine.set_packing(request.param)
+    yield request.param
+    engine.set_packing("auto")
+
+
 def _reference64(layer: PSConv2d, x: torch.Tensor, gout: torch.Tensor):
     """Forward and gradients in float64 with the masked dense kernel (independent of the engine)."""
     x64 = x.detach().double().requires_grad_(True)
@@ -102,10 +110,78 @@ def test_fixed_stride_tiles(pattern, ci, stride):
 
 
 @needs_kernels
-def test_large_output_uses_streaming_stores_correctly():
+@pytest.mark.parametrize("pattern", ["PS1_P9", "PS2_P6", "PSD4_P8", "PS4_P4"])
+@pytest.mark.parametrize(
+    ("ci", "co", "hw", "stride", "batch", "bias"),
+    [
+        (17, 70, (9, 7), 1, 2, True),
+        (3, 5, (5, 6), 1, 1, False),
+        (64, 64, (6, 20), 1, 2, False),
+        (64, 128, (8, 9), 2, 1, True),
+        (128, 128, (4, 17), 1, 2, True),
+        (256, 40, (3, 3), 1, 3, False),
+    ],
+)
+def test_both_packings(packing, pattern, ci, co, hw, stride, batch, bias):
+    _check(pattern, ci, co, hw, stride=stride, batch=batch, bias=bias)
+
+
+@needs_kernels
+def test_pair_packing_plan():
+    from psconv._kernel_plan import additive_period, build_weight_plan, pair_lanes
+
+    layer = PSConv2d(64, 64, pattern="PS1_P9")
+    mask = layer.mask.reshape(64, 64, 9).numpy().astype(bool)
+    assert additive_period(mask) == 9
+    assert additive_period(PSConv2d(64, 64, pattern="pSC4").mask.reshape(64, 64, 9).numpy()) is None
+    lanes = pair_lanes(64, 9)
+    # Every filter in exactly one lane; even lanes class K, odd lanes class K - 1.
+    assert sorted(lanes[lanes >= 0].tolist()) == list(range(64))
+    for blk in lanes:
+        ev, od = blk[0::2][blk[0::2] >= 0] % 9, blk[1::2][blk[1::2] >= 0] % 9
+        assert len(set(ev.tolist())) <= 1 and len(set(od.tolist())) <= 1
+        if len(ev) and len(od):
+            assert (ev[0] - od[0]) % 9 == 1
+    flat = mask.reshape(-1)
+    vidx = np.full(flat.shape, -1)
+    vidx[flat] = np.arange(flat.sum())
+    plan = build_weight_plan(mask, vidx.reshape(mask.shape), bcast=2)
+    # One tap per entry (every lane shares it): 65 channel pairs (-1, 0) .. (63, 64) for the
+    # four paired blocks, 64 for the last class alone (its pair (-1, 0) has no lane).
+    assert len(plan.groups) == 5 and len(plan.ents) == 4 * 65 + 64
+    assert plan.executed_macs_per_pixel == (4 * 65 + 64) * 16
+    for grp in plan.groups:  # a channel pair listed under two taps would appear twice
+        ds = plan.ents[grp[7] : grp[8], 1]
+        assert len(set(ds.tolist())) == len(ds)
+    # The packed weights hold every kept weight exactly once.
+    kept = np.sort(plan.gather[plan.gather < plan.needed_macs_per_pixel])
+    assert (kept == np.arange(plan.needed_macs_per_pixel)).all()
+    with pytest.raises(ValueError, match="periodic in a \\+ b"):
+        build_weight_plan(PSConv2d(16, 16, pattern="pSC2").mask.reshape(16, 16, 9).numpy(), vidx, bcast=2)
+
+
+@needs_kernels
+def test_auto_packing_choice():
+    engine.set_packing("auto")
+    for pattern, ch, expected in [
+        ("PS1_P9", 64, 2),
+        ("PS1_P9", 256, 2),
+        ("PSD1_P16", 64, 0),
+        ("PS4_P4", 128, 0),
+    ]:
+        layer = PSConv2d(ch, ch, pattern=pattern)
+        engine.fast_forward(layer, torch.randn(1, ch, 4, 4))
+        assert engine._state(layer).fwd.bcast == expected, (pattern, ch)
+    with pytest.raises(ValueError, match="packing must be one of"):
+        engine.set_packing("bogus")
+
+
+@needs_kernels
+@pytest.mark.parametrize("pattern", ["PSD2_P8", "PS1_P9"])
+def test_large_output_uses_streaming_stores_correctly(pattern):
     # Outputs above 16 MiB are written with non-temporal stores (forward and grad-input alike).
     torch.manual_seed(0)
-    layer = PSConv2d(64, 64, pattern="PSD2_P8")
+    layer = PSConv2d(64, 64, pattern=pattern)
     x = torch.randn(3, 64, 150, 150, requires_grad=True)
     assert 3 * 64 * 150 * 150 * 4 > 16 << 20
     engine.set_backend("fast")
@@ -249,7 +325,7 @@ def test_generic_isa_path():
         "from psconv import _kernels; assert _kernels.isa() == 'generic'\n"
         "engine.set_backend('fast'); torch.manual_seed(0)\n"
         "ok = True\n"
-        "for pat, s in (('PSD4_P8', 1), ('PS1_P9', 2), ('pSC2', 1)):\n"
+        "for pat, s in (('PSD4_P8', 1), ('PS1_P9', 2), ('pSC2', 1), ('PS2_P6', 1)):\n"
         "    l = PSConv2d(20, 36, stride=s, pattern=pat); x = torch.randn(2, 20, 7, 7, requires_grad=True)\n"
         "    y = l(x); y.square().sum().backward(); gx, gw = x.grad.clone(), l.weight_values.grad.clone()\n"
         "    engine.set_backend('reference'); x.grad = None; l.weight_values.grad = None\n"
@@ -259,6 +335,7 @@ def test_generic_isa_path():
         "print(ok)"
     )
     assert _run_py(code, PSCONV_KERNEL_ISA="generic") == "True"
+    assert _run_py(code, PSCONV_KERNEL_ISA="generic", PSCONV_PACKING="pair") == "True"
 
 
 @needs_kernels
@@ -286,6 +363,26 @@ def test_both_weight_gradient_kernels(threshold, monkeypatch):
         _check(pattern, 24, 40, (6, 5), batch=2)
         _check(pattern, 16, 16, (3, 3), batch=3, padding=0)
         _check(pattern, 64, 32, (2, 2), batch=2, padding=2)
+
+
+@needs_kernels
+@pytest.mark.parametrize("threshold", [0.0, 2.0])
+def test_pair_plan_weight_gradient_kernels(threshold, monkeypatch):
+    # Both weight-gradient kernels on pair-broadcast plans (by default only wide groups use
+    # them, from 256 filters at period 9; here every pair plan does).
+    monkeypatch.setattr(engine, "_GRADW2_BELOW", threshold)
+    monkeypatch.setattr(engine, "_GW_PAIR_MIN_EFFICIENCY", 0.0)
+    engine.set_packing("pair")
+    try:
+        for pattern in ("PS1_P9", "PS2_P6", "PSD4_P8"):
+            _check(pattern, 24, 40, (6, 5), batch=2)
+            _check(pattern, 17, 33, (3, 3), batch=3, padding=0)
+            _check(pattern, 64, 32, (2, 2), batch=2, padding=2)
+        layer = PSConv2d(24, 40, pattern="PS1_P9")
+        engine.fast_forward(layer, torch.randn(1, 24, 4, 4))
+        assert engine._state(layer).gw.bcast == 2
+    finally:
+        engine.set_packing("auto")
 
 
 @needs_kernels
