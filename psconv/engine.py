@@ -111,6 +111,9 @@ class _PlanTensors:
     bcast: int = 0  # 2: pair-broadcast packing, whose output lanes go back through outmap
     outmap: torch.Tensor | None = None
     nfb: int = 0
+    source: Any = None  # the numpy plan (weight-gradient work lists are built from it)
+    inverse: torch.Tensor | None = None  # value index -> packed position (weight gradient)
+    chunks: torch.Tensor | None = None  # work list of the stride-1 weight-gradient kernel
     # ctypes argument blocks per (geometry, batch, channels, threads): rebuilt only on change,
     # since a fresh 19-field structure costs more than a small layer's kernel at batch 1.
     args_cache: dict[tuple[int, ...], Any] = field(default_factory=dict)
@@ -125,12 +128,8 @@ class _Plans:
         self._np = mask.detach().cpu().reshape(self.co, self.ci, 9).numpy().astype(bool)
         self.nnz = int(self._np.sum())
         self._fwd: _PlanTensors | None = None
-        self._fwd_plan: Any = None
-        self._gw: _PlanTensors | None = None
-        self._gw_plan: Any = None
-        self._chunks: torch.Tensor | None = None
+        self._diag: _PlanTensors | None = None
         self._bwd: _PlanTensors | None = None
-        self._inverse: torch.Tensor | None = None
 
     def _vidx(self) -> np.ndarray:
         flat = self._np.reshape(-1)
@@ -141,30 +140,32 @@ class _Plans:
     @property
     def fwd(self) -> _PlanTensors:
         if self._fwd is None:
-            self._fwd, self._fwd_plan = _best_plan(self._np, self._vidx(), self.co * self.ci * 9)
+            self._fwd = _best_plan(self._np, self._vidx(), self.co * self.ci * 9)
         return self._fwd
 
-    @property
-    def gw(self) -> _PlanTensors:
+    def gw(self, stride1: bool) -> _PlanTensors:
         """Plan of the weight-gradient kernels, whose packed layout the gradient is computed in
-        (``inverse`` maps it back to value order). The forward plan, except a pair plan of
-        narrow groups: there the diagonal plan's input-pixel kernel is faster (measured)."""
-        if self._gw is None:
-            self._gw, plan = self.fwd, self._fwd_plan
-            if self._gw.bcast and self._gw.efficiency < _GW_PAIR_MIN_EFFICIENCY:
+        (its ``inverse`` maps it back to value order): the forward plan, except a pair plan of
+        narrow groups at stride 1, where the diagonal plan's input-pixel kernel is faster
+        (measured: PS1_P9 at 64 and 128 channels; at stride 2 the pair plan is faster)."""
+        plan = self.fwd
+        if stride1 and plan.bcast and plan.efficiency < _GW_PAIR_MIN_EFFICIENCY:
+            if self._diag is None:
                 from ._kernel_plan import build_weight_plan
 
-                plan = build_weight_plan(self._np, self._vidx())
-                self._gw = _to_plan_tensors(plan, self.co * self.ci * 9)
-            self._gw_plan = plan
-            gather = self._gw.gather.numpy()
+                self._diag = _to_plan_tensors(
+                    build_weight_plan(self._np, self._vidx()), self.co * self.ci * 9
+                )
+            plan = self._diag
+        if plan.inverse is None:
+            gather = plan.gather.numpy()
             inverse = np.full(self.nnz, -1, dtype=np.int64)
             sel = gather < self.nnz
             inverse[gather[sel]] = np.nonzero(sel)[0]
             if (inverse < 0).any():  # pragma: no cover - the plan covers every kept weight
                 raise AssertionError("packed plan misses kept weights")
-            self._inverse = torch.from_numpy(inverse.astype(np.int32))
-        return self._gw
+            plan.inverse = torch.from_numpy(inverse.astype(np.int32))
+        return plan
 
     @property
     def bwd(self) -> _PlanTensors:
@@ -172,24 +173,17 @@ class _Plans:
         if self._bwd is None:
             mt = np.ascontiguousarray(self._np.transpose(1, 0, 2))
             vt = np.ascontiguousarray(self._vidx().transpose(1, 0, 2))
-            self._bwd = _best_plan(mt, vt, self.co * self.ci * 9)[0]
+            self._bwd = _best_plan(mt, vt, self.co * self.ci * 9)
         return self._bwd
 
-    @property
-    def inverse(self) -> torch.Tensor:
-        self.gw  # noqa: B018 - builds the inverse as a side effect
-        assert self._inverse is not None
-        return self._inverse
 
-    @property
-    def chunks(self) -> torch.Tensor:
-        """Work list of the stride-1 weight-gradient kernel (built on the first backward)."""
-        if self._chunks is None:
-            from ._kernel_plan import build_gradw_chunks
+def _chunks(plan: _PlanTensors) -> torch.Tensor:
+    """Work list of the stride-1 weight-gradient kernel (built on the first backward)."""
+    if plan.chunks is None:
+        from ._kernel_plan import build_gradw_chunks
 
-            self.gw  # noqa: B018
-            self._chunks = torch.from_numpy(build_gradw_chunks(self._gw_plan))
-        return self._chunks
+        plan.chunks = torch.from_numpy(build_gradw_chunks(plan.source))
+    return plan.chunks
 
 
 class _LayerState:
@@ -209,17 +203,8 @@ class _LayerState:
     def bwd(self) -> _PlanTensors:
         return self.plans.bwd
 
-    @property
-    def gw(self) -> _PlanTensors:
-        return self.plans.gw
-
-    @property
-    def inverse(self) -> torch.Tensor:
-        return self.plans.inverse
-
-    @property
-    def chunks(self) -> torch.Tensor:
-        return self.plans.chunks
+    def gw(self, stride1: bool) -> _PlanTensors:
+        return self.plans.gw(stride1)
 
     def packed(self, which: str, values: torch.Tensor) -> torch.Tensor:
         # Packing is a gather of nnz floats; cached per (storage, version) for inference.
@@ -259,27 +244,26 @@ def _to_plan_tensors(plan: Any, dense_macs: int) -> _PlanTensors:
         bcast=plan.bcast,
         outmap=outmap,
         nfb=int(plan.groups[:, 1:5].max()) + 1 if plan.bcast and len(plan.groups) else 0,
+        source=plan,
     )
 
 
-def _best_plan(mask: np.ndarray, vidx: np.ndarray, dense_macs: int) -> tuple[_PlanTensors, Any]:
+def _best_plan(mask: np.ndarray, vidx: np.ndarray, dense_macs: int) -> _PlanTensors:
     """The diagonal or, for periods that do not divide 16, the pair-broadcast plan: whichever
-    the efficiency model expects to run faster (tensors and the numpy plan)."""
+    the efficiency model expects to run faster."""
     from ._kernel_plan import additive_period, build_weight_plan
 
-    dplan = build_weight_plan(mask, vidx)
-    diag = _to_plan_tensors(dplan, dense_macs)
+    diag = _to_plan_tensors(build_weight_plan(mask, vidx), dense_macs)
     if _packing == "diagonal":
-        return diag, dplan
+        return diag
     period = additive_period(mask)
     # Periods dividing 16 already share every tap set across blocks in the diagonal packing.
     if period is None or (16 % period == 0 and _packing != "pair"):
-        return diag, dplan
-    pplan = build_weight_plan(mask, vidx, bcast=2)
-    pair = _to_plan_tensors(pplan, dense_macs)
+        return diag
+    pair = _to_plan_tensors(build_weight_plan(mask, vidx, bcast=2), dense_macs)
     if _packing == "pair" or pair.ratio * pair.efficiency > diag.ratio * diag.efficiency:
-        return pair, pplan
-    return diag, dplan
+        return pair
+    return diag
 
 
 def set_packing(name: str) -> None:
@@ -408,8 +392,9 @@ def _call(
 
 
 _CL = torch.channels_last
-# Pair plans compute the weight gradient only when their groups are wide (four blocks from
-# 256 channels at period 9: 2x the diagonal plan); below, the diagonal plan is faster.
+# At stride 1, pair plans compute the weight gradient only when their groups are wide (four
+# blocks from 256 channels at period 9: 2x the diagonal plan); below, the diagonal plan's
+# input-pixel kernel is faster.
 _GW_PAIR_MIN_EFFICIENCY = 0.9
 # Plans whose expected efficiency is below this (mostly one-block groups) use the
 # input-pixel weight-gradient kernel; it is slower for well-grouped plans (measured).
@@ -474,16 +459,19 @@ class _PSConvFunction(torch.autograd.Function):
             packed = st.packed("bwd", values)
             _call("conv", g, gx, packed, None, B, Co, Ci, st.bwd, geo)
         if ctx.needs_input_grad[1]:
-            dwp = torch.empty(st.gw.total, dtype=torch.float32)
+            stride1 = stride == (1, 1) and max(padding) <= 2
+            plan = st.gw(stride1)
+            dwp = torch.empty(plan.total, dtype=torch.float32)
             geo = _geometry(0, H, W, stride, padding)
-            if stride == (1, 1) and max(padding) <= 2 and st.gw.efficiency < _GRADW2_BELOW:
+            if stride1 and plan.efficiency < _GRADW2_BELOW:
                 # Mostly one-block groups (e.g. period 9): this kernel loops over input pixels
                 # with a zero-haloed dy, so blocks with different tap sets share input loads.
-                extra = (st.chunks, H, W, Ho, Wo, padding[0], padding[1])
-                _call("gradw2", x_cl, dwp, None, None, B, Ci, Co, st.gw, geo, dy=g, extra=extra)
+                extra = (_chunks(plan), H, W, Ho, Wo, padding[0], padding[1])
+                _call("gradw2", x_cl, dwp, None, None, B, Ci, Co, plan, geo, dy=g, extra=extra)
             else:
-                _call("gradw", x_cl, dwp, None, None, B, Ci, Co, st.gw, geo, dy=g)
-            gw = dwp.index_select(0, st.inverse)
+                _call("gradw", x_cl, dwp, None, None, B, Ci, Co, plan, geo, dy=g)
+            assert plan.inverse is not None
+            gw = dwp.index_select(0, plan.inverse)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             gb = g.sum(dim=(0, 2, 3))
         return gx, gw, gb, None, None

@@ -380,7 +380,7 @@ def test_pair_plan_weight_gradient_kernels(threshold, monkeypatch):
             _check(pattern, 64, 32, (2, 2), batch=2, padding=2)
         layer = PSConv2d(24, 40, pattern="PS1_P9")
         engine.fast_forward(layer, torch.randn(1, 24, 4, 4))
-        assert engine._state(layer).gw.bcast == 2
+        assert engine._state(layer).gw(True).bcast == 2
     finally:
         engine.set_packing("auto")
 
