@@ -13,7 +13,7 @@ inline V vload(const float* p) { return _mm512_loadu_ps(p); }
 inline V vloadm(const float* p, unsigned m) { return _mm512_maskz_loadu_ps((__mmask16)m, p); }
 // Lanes in mlo come from lo, lanes in mhi from hi, the rest are zero (channel wrap-around).
 inline V vloadm2(const float* lo, const float* hi, unsigned mlo, unsigned mhi) {
-    return _mm512_or_ps(_mm512_maskz_loadu_ps((__mmask16)mlo, lo), _mm512_maskz_loadu_ps((__mmask16)mhi, hi));
+    return _mm512_mask_loadu_ps(_mm512_maskz_loadu_ps((__mmask16)mlo, lo), (__mmask16)mhi, hi);
 }
 inline V vfma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
 inline void vstore(float* p, V v) { _mm512_storeu_ps(p, v); }

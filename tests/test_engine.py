@@ -202,6 +202,15 @@ def test_small_images(hw):
 
 
 @needs_kernels
+@pytest.mark.parametrize("hw", [(4, 4), (6, 5)])
+def test_large_weight_gradient_tiles(hw):
+    # A packed gradient above 256 KB makes the weight-gradient kernel take larger pixel tiles;
+    # 4x4 images (16 output pixels) run position-major, runs crossing images.
+    _check("PSD4_P8", 256, 256, hw, batch=3, bias=False)
+    _check("PS1_P9", 256, 288, hw, stride=1, batch=2, bias=False)
+
+
+@needs_kernels
 def test_random_shapes():
     rng = np.random.default_rng(1)
     pats = ["PS4_P4", "PSD4_P8", "PSD2_P8", "PSD1_P16", "PS1_P9", "pSC2", "PS2_P3[01,34,78]"]
