@@ -16,6 +16,12 @@ Backends (``set_backend`` or the environment variable ``PSCONV_BACKEND``):
   reach ``AUTO_MIN_RATIO``. Random ``pSC`` masks (tap unions cover nearly all 9 positions) and
   dense patterns therefore stay on oneDNN.
 
+Weight packings (``set_packing`` or ``PSCONV_PACKING``): 'diagonal' (lane j of a 16-filter
+block pairs filter f0+15-j with channel d+j: one vector load per entry) or, for masks periodic
+in f + c with a period that does not divide 16 (PS1_P9), 'pair' (lanes read a channel pair with
+one 8-byte broadcast, so blocks share entries); 'auto' (default) picks per plan by the
+efficiency model.
+
 The kernels work on NHWC (``torch.channels_last``) tensors: an NCHW input is converted once,
 and the output is returned channels_last, so the following BN/ReLU/pool layers and the next
 PSConv2d stay in that layout with no further conversion. Values and autograd are those of an
@@ -43,7 +49,9 @@ __all__ = [
     "fast_supported",
     "kernels_available",
     "kernel_info",
+    "set_packing",
     "BACKENDS",
+    "PACKINGS",
 ]
 
 BACKENDS = ("auto", "reference", "fast")

@@ -204,8 +204,8 @@ def test_small_images(hw):
 @needs_kernels
 @pytest.mark.parametrize("hw", [(4, 4), (6, 5)])
 def test_large_weight_gradient_tiles(hw):
-    # A packed gradient above 256 KB makes the weight-gradient kernel take larger pixel tiles;
-    # 4x4 images (16 output pixels) run position-major, runs crossing images.
+    # Packed gradients of a megabyte; 4x4 images (16 output pixels) run position-major in the
+    # weight-gradient kernel, with runs that cross images.
     _check("PSD4_P8", 256, 256, hw, batch=3, bias=False)
     _check("PS1_P9", 256, 288, hw, stride=1, batch=2, bias=False)
 
