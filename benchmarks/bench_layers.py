@@ -1,6 +1,10 @@
 """Per-layer forward timing of the compiled kernels against dense oneDNN (interleaved, median).
 
 .venv/bin/python benchmarks/bench_layers.py --batch 128 --patterns PS4_P4 PS1_P9
+.venv/bin/python benchmarks/bench_layers.py --patterns PS1_P9 --packings diagonal pair
+
+With several --packings, each packing is timed in its own round of interleaved runs, with
+dense timed again in that round (a packing applies to the plans built after it is set).
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from psconv import engine
+from psconv import engine, tune_allocator
 from psconv.layers import PSConv2d
 
 LAYERS = [(64, 64, 32), (128, 128, 16), (256, 256, 8), (512, 512, 4), (512, 512, 2)]
@@ -32,15 +36,20 @@ def main() -> None:
     ap.add_argument("--patterns", nargs="+", default=["PS4_P4", "PSD4_P8", "PSD2_P8", "PSD1_P16", "PS1_P9"])
     ap.add_argument("--train", action="store_true", help="time forward+backward")
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--packings", nargs="+", default=["auto"], choices=engine.PACKINGS)
     args = ap.parse_args()
+    tune_allocator()  # as `psconv bench` does: freed outputs stay mapped (no page faults)
     torch.manual_seed(0)
     if args.threads:
         torch.set_num_threads(args.threads)
     for ci, co, hw in LAYERS:
-        bench_layer(ci, co, hw, args)
+        for packing in args.packings:
+            engine.set_packing(packing)
+            bench_layer(ci, co, hw, args, label="" if len(args.packings) == 1 else f"[{packing}] ")
+    engine.set_packing("auto")
 
 
-def bench_layer(ci: int, co: int, hw: int, args: argparse.Namespace) -> None:
+def bench_layer(ci: int, co: int, hw: int, args: argparse.Namespace, label: str = "") -> None:
     if True:
         B = args.batch
         x = torch.randn(B, ci, hw, hw)
@@ -83,7 +92,7 @@ def bench_layer(ci: int, co: int, hw: int, args: argparse.Namespace) -> None:
         med = {k: statistics.median(v) for k, v in res.items()}
         dense = min(med["dense_nchw"], med["dense_cl"])
         gmac = B * hw * hw * ci * co * 9 / 1e9
-        line = f"{ci}->{co} @{hw} B={B}: dense {dense * 1e3:.2f} ms ({gmac / dense:.0f} GMAC/s; nchw {med['dense_nchw'] * 1e3:.2f} cl {med['dense_cl'] * 1e3:.2f})"
+        line = f"{label}{ci}->{co} @{hw} B={B}: dense {dense * 1e3:.2f} ms ({gmac / dense:.0f} GMAC/s; nchw {med['dense_nchw'] * 1e3:.2f} cl {med['dense_cl'] * 1e3:.2f})"
         for p, layer in layers.items():
             ideal = layer.mask.numel() / layer.mask.sum().item()
             line += f" | {p} {dense / med[p]:.2f}x/{ideal:.2f}"

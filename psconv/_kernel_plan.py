@@ -13,7 +13,7 @@ Pair-broadcast packing (period m not dividing 16, e.g. PS1 with period 9): with 
 load feeds one FMA and the loads (most of them straddling two cache lines) bound the kernel.
 Instead, lane j of a block reads channel d + j % 2 of a pixel (a 2-float broadcast, one short
 load), and holds a filter of class (a mod m) = K - j % 2: all lanes again share one tap per
-entry, blocks of the same K share entries (one load feeds several FMAs from 256 channels), and
+entry, blocks of the same K share entries (one load feeds several FMAs from 128 channels), and
 the output lanes are put back in filter order once per pixel (``outmap``).
 
 Geometry plan: output pixels are grouped into classes with the same set of in-range taps
