@@ -214,8 +214,9 @@ class _LayerState:
     def gw(self, stride1: bool) -> _PlanTensors:
         return self.plans.gw(stride1)
 
-    def packed(self, which: str, values: torch.Tensor) -> torch.Tensor:
-        # Packing is a gather of nnz floats; cached per (storage, version) for inference.
+    def packed(self, which: str, values: torch.Tensor, cache: bool = True) -> torch.Tensor:
+        # Packing is a gather of nnz floats; cached per (storage, version) for inference. In
+        # training the values change every step, so a cached copy would only hold memory.
         key = (values.data_ptr(), values._version)
         hit = self.cache.get(which)
         if hit is not None and hit[0] == key:
@@ -223,7 +224,10 @@ class _LayerState:
         plan = self.fwd if which == "fwd" else self.bwd
         ext = torch.cat([values.detach().reshape(-1), values.new_zeros(1)])
         packed = ext.index_select(0, plan.gather)
-        self.cache[which] = (key, packed)
+        if cache:
+            self.cache[which] = (key, packed)
+        else:
+            self.cache.pop(which, None)
         return packed
 
 
@@ -425,7 +429,7 @@ def _forward_impl(
     if B == 0 or Ho <= 0 or Wo <= 0:
         return out
     geo = _geometry(0, H, W, layer.stride, layer.padding)
-    packed = st.packed("fwd", values)
+    packed = st.packed("fwd", values, cache=not (values.requires_grad and torch.is_grad_enabled()))
     b = bias.detach().contiguous() if bias is not None else None
     _call("conv", x_cl, out, packed, b, B, Ci, Co, st.fwd, geo)
     return out
@@ -464,7 +468,7 @@ class _PSConvFunction(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             gx = torch.empty((B, Ci, H, W), dtype=torch.float32, memory_format=_CL)
             geo = _geometry(1, H, W, stride, padding)
-            packed = st.packed("bwd", values)
+            packed = st.packed("bwd", values, cache=False)
             _call("conv", g, gx, packed, None, B, Co, Ci, st.bwd, geo)
         if ctx.needs_input_grad[1]:
             stride1 = stride == (1, 1) and max(padding) <= 2

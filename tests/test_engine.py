@@ -279,6 +279,24 @@ def test_training_steps_match_reference():
 
 
 @needs_kernels
+def test_packed_weights_cached_for_inference_only():
+    engine.set_backend("fast")
+    layer = PSConv2d(16, 16, pattern="PS4_P4")
+    x = torch.randn(1, 16, 5, 5)
+    with torch.no_grad():
+        layer(x)
+    st = engine._state(layer)
+    assert "fwd" in st.cache
+    layer(x).sum().backward()  # training: values change every step, nothing is kept
+    assert "fwd" not in st.cache and "bwd" not in st.cache
+    with torch.no_grad():
+        layer(x)
+        layer.weight_values.mul_(-2.0)  # in place: a new version, the cached packing is stale
+        y = layer(x)
+    assert _rel(y, layer.reference_forward(x)) < 1e-5
+
+
+@needs_kernels
 def test_auto_backend_choice():
     engine.set_backend("auto")
     x = torch.randn(1, 64, 8, 8)
