@@ -420,7 +420,12 @@ def _out_size(n: int, s: int, p: int) -> int:
 
 
 def _forward_impl(
-    layer: PSConv2d, st: _LayerState, x_cl: torch.Tensor, values: torch.Tensor, bias: torch.Tensor | None
+    layer: PSConv2d,
+    st: _LayerState,
+    x_cl: torch.Tensor,
+    values: torch.Tensor,
+    bias: torch.Tensor | None,
+    training: bool = False,
 ) -> torch.Tensor:
     B, Ci, H, W = x_cl.shape
     Co = layer.out_channels
@@ -429,7 +434,7 @@ def _forward_impl(
     if B == 0 or Ho <= 0 or Wo <= 0:
         return out
     geo = _geometry(0, H, W, layer.stride, layer.padding)
-    packed = st.packed("fwd", values, cache=not (values.requires_grad and torch.is_grad_enabled()))
+    packed = st.packed("fwd", values, cache=not training)
     b = bias.detach().contiguous() if bias is not None else None
     _call("conv", x_cl, out, packed, b, B, Ci, Co, st.fwd, geo)
     return out
@@ -446,7 +451,7 @@ class _PSConvFunction(torch.autograd.Function):
         st: _LayerState,
     ) -> torch.Tensor:  # type: ignore[override]
         x_cl = x.contiguous(memory_format=_CL)
-        out = _forward_impl(layer, st, x_cl, values, bias)
+        out = _forward_impl(layer, st, x_cl, values, bias, training=values.requires_grad)
         ctx.save_for_backward(x_cl, values)
         ctx.st = st
         ctx.geom = (layer.out_channels, layer.stride, layer.padding)
@@ -468,7 +473,7 @@ class _PSConvFunction(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             gx = torch.empty((B, Ci, H, W), dtype=torch.float32, memory_format=_CL)
             geo = _geometry(1, H, W, stride, padding)
-            packed = st.packed("bwd", values, cache=False)
+            packed = st.packed("bwd", values, cache=not ctx.needs_input_grad[1])
             _call("conv", g, gx, packed, None, B, Co, Ci, st.bwd, geo)
         if ctx.needs_input_grad[1]:
             stride1 = stride == (1, 1) and max(padding) <= 2

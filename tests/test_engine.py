@@ -287,11 +287,11 @@ def test_packed_weights_cached_for_inference_only():
         layer(x)
     st = engine._state(layer)
     assert "fwd" in st.cache
+    with torch.no_grad():
+        layer.weight_values.mul_(-2.0)  # in place, like an optimizer step: the packing is stale
     layer(x).sum().backward()  # training: values change every step, nothing is kept
     assert "fwd" not in st.cache and "bwd" not in st.cache
     with torch.no_grad():
-        layer(x)
-        layer.weight_values.mul_(-2.0)  # in place: a new version, the cached packing is stale
         y = layer(x)
     assert _rel(y, layer.reference_forward(x)) < 1e-5
 
