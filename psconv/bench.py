@@ -259,13 +259,15 @@ def _layer_table(
                 t = _bench_layer(layer, shape, repeats, train=case == "train")
                 dense = min(t["dense/nchw"], t["dense/cl"])
                 x = torch.empty(shape)
+                fast = engine.uses_fast(layer, x)
                 cache[key] = {
                     "dense_ms": dense * 1e3,
                     "masked_ms": t["masked"] * 1e3,
                     "psconv_ms": t["psconv"] * 1e3,
                     "speedup": dense / t["psconv"],
                     "speedup_vs_masked": t["masked"] / t["psconv"],
-                    "kernel": "fast" if engine.uses_fast(layer, x) else "reference",
+                    "kernel": "fast" if fast else "reference",
+                    "packing": engine.packing_of(layer) if fast else None,
                 }
             rows.append(
                 {
@@ -437,7 +439,7 @@ def format_report(report: dict[str, Any]) -> str:
         for pat, r in res["patterns"].items():
             if not r.get("layers"):
                 continue
-            lines.append(f"  per layer, {pat}: speedup (ideal) [kernel]")
+            lines.append(f"  per layer, {pat}: speedup (ideal) [kernel; -pair: pair-broadcast packing]")
             by_layer: dict[str, dict[str, Any]] = {}
             for row_ in r["layers"]:
                 by_layer.setdefault(row_["layer"], {"shape": row_["shape"], "ideal": row_["ideal"]})[
@@ -447,7 +449,8 @@ def format_report(report: dict[str, Any]) -> str:
                 txt = f"    {lname:<22} {info['shape']:<22} ideal {info['ideal']:>5.2f}"
                 for c in cases:
                     if c in info:
-                        txt += f" | {c} {info[c]['speedup']:>5.2f}x [{info[c]['kernel']}]"
+                        kind = info[c]["kernel"] + ("-pair" if info[c].get("packing") == "pair" else "")
+                        txt += f" | {c} {info[c]['speedup']:>5.2f}x [{kind}]"
                 lines.append(txt)
     return "\n".join(lines)
 

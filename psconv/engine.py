@@ -50,6 +50,7 @@ __all__ = [
     "kernels_available",
     "kernel_info",
     "set_packing",
+    "packing_of",
     "BACKENDS",
     "PACKINGS",
 ]
@@ -276,6 +277,11 @@ def _best_plan(mask: np.ndarray, vidx: np.ndarray, dense_macs: int) -> _PlanTens
     if _packing == "pair" or pair.ratio * pair.efficiency > diag.ratio * diag.efficiency:
         return pair
     return diag
+
+
+def packing_of(layer: PSConv2d) -> str:
+    """The weight packing of the layer's forward plan: 'diagonal' or 'pair' (built if needed)."""
+    return "pair" if _state(layer).fwd.bcast else "diagonal"
 
 
 def set_packing(name: str) -> None:

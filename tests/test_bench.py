@@ -27,6 +27,8 @@ def test_bench_model_structure():
     assert all(r["ideal"] > 1 for r in rows)
     expected = "fast" if engine.kernels_available() else "reference"
     assert any(r["kernel"] == expected for r in rows)
+    # PS4_P4 (period 4 divides the 16 lanes) keeps the diagonal packing on every layer.
+    assert {r["packing"] for r in rows} == ({"diagonal"} if expected == "fast" else {None})
     assert "vgg16" in bench.format_report(
         {
             "machine": {"torch": "x", "threads": 1, "kernels": "k"},

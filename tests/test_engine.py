@@ -172,6 +172,7 @@ def test_auto_packing_choice():
         layer = PSConv2d(ch, ch, pattern=pattern)
         engine.fast_forward(layer, torch.randn(1, ch, 4, 4))
         assert engine._state(layer).fwd.bcast == expected, (pattern, ch)
+        assert engine.packing_of(layer) == ("pair" if expected else "diagonal")
     with pytest.raises(ValueError, match="packing must be one of"):
         engine.set_packing("bogus")
 
