@@ -118,6 +118,23 @@ class ImageDataset:
     def image_size(self) -> int:
         return int(self.x_train.shape[1])
 
+    def holdout(self, n: int) -> ImageDataset:
+        """Split ``n`` training images off as the test split (a fixed, seed-independent draw):
+        a validation set for choosing hyperparameters without touching the real test set."""
+        if not 1 <= n < len(self.x_train):
+            raise ValueError(f"--holdout must be between 1 and {len(self.x_train) - 1}, got {n}")
+        perm = np.random.default_rng([0, 2]).permutation(len(self.x_train))
+        val, train = np.sort(perm[:n]), np.sort(perm[n:])
+        return ImageDataset(
+            self.name,
+            self.classes,
+            self.x_train[train],
+            self.y_train[train],
+            self.x_train[val],
+            self.y_train[val],
+            f"{self.source} (train split; {n} held out as validation)",
+        )
+
     def subset(self, train: int | None = None, test: int | None = None, seed: int = 0) -> ImageDataset:
         """Keep ``train``/``test`` images drawn by a fixed permutation (class-sorted trees too)."""
 

@@ -80,6 +80,9 @@ RESUME_KEYS = (
     "gamma",
     "seed",
     "train_subset",
+    "holdout",
+    "nesterov",
+    "label_smoothing",
 )
 
 
@@ -97,6 +100,8 @@ class TrainConfig:
     lr: float = 0.1
     momentum: float = 0.9
     weight_decay: float = 5e-4
+    nesterov: bool = False
+    label_smoothing: float = 0.0
     schedule: str = "paper"
     gamma: float = 0.2  # the paper schedule's factor per milestone
     seed: int = 0
@@ -104,6 +109,9 @@ class TrainConfig:
     out: str | None = None  # run folder; default runs/<model>-<pattern>-<dataset>-s<seed>
     train_subset: int | None = None  # keep N training images (a fixed, seed-independent draw)
     test_subset: int | None = None
+    # Hold out N training images (a fixed, seed-independent draw) and evaluate on them instead of
+    # the test set: for choosing hyperparameters without looking at the test set.
+    holdout: int | None = None
     eval_every: int = 1
     eval_batch_size: int = 500
     compile: bool = False
@@ -123,16 +131,18 @@ class TrainConfig:
             raise ValueError(f"--amp must be one of {', '.join(AMP_MODES)}, got {self.amp!r}")
         positive = {"epochs": self.epochs, "batch_size": self.batch_size, "eval_every": self.eval_every}
         positive |= {"eval_batch_size": self.eval_batch_size}
-        for name in ("train_subset", "test_subset", "num_threads"):
+        for name in ("train_subset", "test_subset", "holdout", "num_threads"):
             if getattr(self, name) is not None:
                 positive[name] = getattr(self, name)
         for name, value in positive.items():
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {value!r}")
-        for name in ("lr", "momentum", "weight_decay", "gamma"):
+        for name in ("lr", "momentum", "weight_decay", "gamma", "label_smoothing"):
             value = getattr(self, name)
             if not math.isfinite(value) or value < 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be a finite number >= 0, got {value!r}")
+        if self.label_smoothing >= 1:
+            raise ValueError(f"--label-smoothing must be below 1, got {self.label_smoothing!r}")
 
     def run_dir(self) -> Path:
         return Path(self.out or f"runs/{self.model}-{self.pattern}-{self.dataset}-s{self.seed}")
@@ -412,6 +422,8 @@ def _train(
         dist.barrier()
     if not ddp.main:
         data = load_dataset(config.dataset, config.data_dir, download_missing=False)
+    if config.holdout:
+        data = data.holdout(config.holdout)
     data = data.subset(config.train_subset, config.test_subset)
     train_data = DeviceData(data.x_train, data.y_train, device)
     test_data = DeviceData(data.x_test, data.y_test, device, pad=0)
@@ -460,7 +472,11 @@ def _train(
             else _global_batchnorm(model)
         )
     optimizer = torch.optim.SGD(
-        model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
+        model.parameters(),
+        lr=config.lr,
+        momentum=config.momentum,
+        weight_decay=config.weight_decay,
+        nesterov=config.nesterov,
     )
     scaler = torch.amp.GradScaler("cuda") if config.amp == "fp16" else None
     if extra:
@@ -508,7 +524,7 @@ def _train(
                 x = x.contiguous(memory_format=torch.channels_last)
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                 out = net(x)
-                loss = F.cross_entropy(out.float(), y)
+                loss = F.cross_entropy(out.float(), y, label_smoothing=config.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
             if scaler is not None:
                 scaler.scale(loss).backward()
@@ -580,6 +596,8 @@ def _train(
 
     summary = _summary(config, history, counts, best, best_epoch, ddp.world_size, str(device))
     summary["data_source"] = data.source
+    summary["evaluated_on"] = f"holdout ({config.holdout} training images)" if config.holdout else "test"
+    summary["environment"] = environment(config.num_threads)
     if ddp.main and len(history) == config.epochs:
         _atomic_write(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
         log(
@@ -587,6 +605,40 @@ def _train(
             f"{summary['train_seconds']:.0f} s; run folder {run_dir}"
         )
     return TrainResult(summary=summary, model=model, history=history)
+
+
+def environment(num_threads: int | None = None) -> dict[str, Any]:
+    """What a run's numbers depend on beyond its config: bit-exact repeats need the same code,
+    the same torch, the same CPU kind and the same thread count."""
+    import platform
+    import subprocess
+
+    from . import __version__
+    from .engine import kernel_info
+
+    cpu = platform.processor()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    commit = None
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        here = Path(__file__).resolve().parent
+        out = subprocess.run(
+            ["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5
+        )
+        commit = out.stdout.strip() or None
+    info = kernel_info()
+    return {
+        "psconv": __version__,
+        "git_commit": commit,
+        "torch": torch.__version__,
+        "cpu": cpu,
+        "threads": num_threads or torch.get_num_threads(),
+        "kernel_isa": info["isa"] if info["available"] else None,
+        "backend": info["backend"],
+    }
 
 
 def _epoch_line(row: dict[str, Any], epochs: int) -> str:
@@ -656,6 +708,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lr", type=float, default=S, help=f"[{d.lr}]")
     p.add_argument("--momentum", type=float, default=S, help=f"[{d.momentum}]")
     p.add_argument("--weight-decay", type=float, default=S, help=f"[{d.weight_decay}]")
+    p.add_argument("--nesterov", action="store_true", default=S, help="Nesterov momentum")
+    p.add_argument("--label-smoothing", type=float, default=S, help=f"[{d.label_smoothing}]")
     p.add_argument("--schedule", default=S, choices=SCHEDULES, help=f"[{d.schedule}]")
     p.add_argument("--seed", type=int, default=S, help=f"[{d.seed}]")
     p.add_argument("--device", default=S, help=f"[{d.device}] auto, cpu, cuda, cuda:N")
@@ -663,6 +717,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true", help="continue the run in --out (its config by default)")
     p.add_argument("--train-subset", type=int, default=S, metavar="N", help="train on N images")
     p.add_argument("--test-subset", type=int, default=S, metavar="N", help="evaluate on N images")
+    p.add_argument(
+        "--holdout", type=int, default=S, metavar="N",
+        help="validate on N held-out training images instead of the test set (hyperparameter search)",
+    )  # fmt: skip
     p.add_argument("--eval-every", type=int, default=S, metavar="K", help=f"[{d.eval_every}] epochs")
     p.add_argument("--eval-batch-size", type=int, default=S, help=f"[{d.eval_batch_size}]")
     p.add_argument("--compile", action="store_true", default=S, help="torch.compile the model")
