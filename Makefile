@@ -15,9 +15,11 @@ $(STAMP): pyproject.toml $(wildcard setup.py) $(wildcard csrc/*)
 	$(PY) -m pip install -q -e ".[dev]"
 	touch $(STAMP)
 
-# Main job: dense vs sparse VGG16 on a real CIFAR-10 subset ($$PSCONV_DATA, ../shared/data, or a download).
+# Main job: dense vs sparse VGG16 on a real CIFAR-10 subset. Data: DATA (a folder or archive), else
+# $$PSCONV_DATA, else the official archive (downloaded). Our checkouts have ../shared/data beside them.
+DATA ?= $(wildcard ../shared/data)
 run: $(STAMP)
-	$(VENV)/bin/psconv demo
+	$(VENV)/bin/psconv demo $(if $(DATA),--data-dir $(DATA))
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -21,10 +21,8 @@ and the absolute peak RSS of that process.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import copy
-import json
 import os
 import platform
 import statistics
@@ -38,32 +36,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import engine
+from . import engine, progress
 from .allocator import tune_allocator
 from .layers import PSConv2d
 
-__all__ = ["add_parser", "run", "bench_model", "DEFAULT_PATTERNS", "DEFAULT_MODELS"]
+__all__ = ["run_bench", "bench_model", "format_report", "DEFAULT_PATTERNS", "DEFAULT_MODELS"]
 
 DEFAULT_PATTERNS = ("PS4_P4", "PSD4_P8", "PSD2_P8", "PSD1_P16", "PS1_P9")
 DEFAULT_MODELS = ("vgg16", "resnet18")
 _CL = torch.channels_last
-
-
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("bench", help="time sparse models against dense and masked-dense (CPU)")
-    p.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS), help="models to time")
-    p.add_argument("--patterns", nargs="+", default=list(DEFAULT_PATTERNS), help="pattern specs")
-    p.add_argument("--batch", type=int, default=128, help="large batch (forward and training step)")
-    p.add_argument("--image-size", type=int, default=32, help="input side (32: CIFAR-10)")
-    p.add_argument("--repeats", type=int, default=5, help="interleaved rounds (median is reported)")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    p.add_argument("--quick", action="store_true", help="few repeats, batch 8, no per-layer or memory runs")
-    p.add_argument("--no-layers", action="store_true", help="skip the per-layer timings")
-    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
-    p.add_argument("--cases", nargs="+", default=["fwd1", "fwd", "train"], choices=["fwd1", "fwd", "train"])
-    p.add_argument("--json", action="store_true", help="print JSON instead of tables")
-    p.add_argument("--output", help="also write the JSON to this file")
-    p.set_defaults(func=run)
 
 
 # ----------------------------------------------------------------------------- timing helpers
@@ -455,15 +436,28 @@ def format_report(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def run(args: argparse.Namespace) -> int:
-    if args.threads:
-        torch.set_num_threads(args.threads)
+def run_bench(
+    models: list[str],
+    patterns: list[str],
+    *,
+    batch: int = 128,
+    image_size: int = 32,
+    repeats: int = 5,
+    threads: int = 0,
+    cases: list[str] | None = None,
+    layers: bool = True,
+    memory: bool = True,
+    quick: bool = False,
+    on_model: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Time every model x pattern (see the module doc); ``on_model(partial report)`` after each model."""
+    if threads:
+        torch.set_num_threads(threads)
     torch.set_flush_denormal(True)
-    batch, repeats = args.batch, args.repeats
-    layers, memory = not args.no_layers, not args.no_memory
+    cases = cases or ["fwd1", "fwd", "train"]
     global _SAMPLE_SCALE
     _SAMPLE_SCALE = 1.0
-    if args.quick:
+    if quick:
         batch, repeats, layers, memory = min(batch, 8), min(repeats, 2), False, False
         _SAMPLE_SCALE = 0.05
     info = engine.kernel_info()
@@ -476,42 +470,13 @@ def run(args: argparse.Namespace) -> int:
             "processor": platform.processor() or platform.machine(),
             "allocator": allocator,
         },
-        "settings": {"batch": batch, "repeats": repeats, "image_size": args.image_size, "cases": args.cases},
+        "settings": {"batch": batch, "repeats": repeats, "image_size": image_size, "cases": cases},
         "models": [],
     }
-    for name in args.models:
-        report["models"].append(
-            bench_model(
-                name,
-                list(args.patterns),
-                batch=batch,
-                image_size=args.image_size,
-                repeats=repeats,
-                cases=list(args.cases),
-                layers=layers,
-                memory=memory,
-                threads=args.threads,
-            )
-        )
-        if not args.json:
-            partial = dict(report, models=[report["models"][-1]])
-            print(format_report(partial), flush=True)
-    text = json.dumps(report, indent=2)
-    if args.output:
-        with open(args.output, "w") as fh:
-            fh.write(text + "\n")
-    if args.json:
-        print(text)
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="psconv-bench")
-    sub = parser.add_subparsers(dest="command", required=True)
-    add_parser(sub)
-    args = parser.parse_args(["bench", *(argv if argv is not None else sys.argv[1:])])
-    return int(args.func(args))
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    for name in progress.iterate(models, "bench models"):
+        result = bench_model(name, list(patterns), batch=batch, image_size=image_size, repeats=repeats,
+                             cases=list(cases), layers=layers, memory=memory, threads=threads)  # fmt: skip
+        report["models"].append(result)
+        if on_model is not None:
+            on_model(dict(report, models=[result]))
+    return report

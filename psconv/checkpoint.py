@@ -1,53 +1,48 @@
-"""Compact, index-free, code-free checkpoints.
+"""Compact, index-free checkpoints as safetensors files.
 
-File layout (little endian)::
+A checkpoint is an ordinary ``.safetensors`` file: any framework, hub or viewer opens it, and
+loading it cannot run code. It holds only the model's state (for a sparse layer its free
+weights, never the zeros or an index: the mask is a function of the pattern spec) and, for
+resuming, optional ``extra`` state (optimizer, RNG). Its string metadata carries:
 
-    b"PSCONV\\x00\\x01" | uint64 header length | JSON header (utf-8) | raw tensor bytes
+- ``format`` = ``psconv-checkpoint``, ``format_version`` = ``2``;
+- ``config``: the build arguments (``create_model``'s name, pattern, classes, image size, seed);
+- ``sparse_layers``: every sparse layer's pattern and seed, so any model can be rebuilt;
+- ``meta``: what the trainer knew (dataset, classes, normalisation, accuracy), JSON;
+- ``extra``: the structure of the resume state, its tensors stored as ``psconv_extra.N``;
+- ``tensors_crc32``: a checksum over every tensor's name and bytes, so flipped bits are caught
+  (safetensors itself checks only the layout).
 
-The header names every tensor (dtype, shape, offset), the model's build arguments and the
-pattern of every sparse layer; the data holds only the model's state (the free weights of
-sparse layers, never their zeros or an index) plus optional ``extra`` state. Loading parses
-JSON and raw bytes only, so a file cannot run code. A CRC32 guards the data.
+Files of psconv 0.1's own format (``PSCONV`` magic) still load, read-only (see
+:mod:`psconv.checkpoint_v1`); saving always writes this format.
 """
 
 from __future__ import annotations
 
-import io
 import json
+import math
 import os
 import stat
-import struct
-import tempfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
+from .checkpoint_v1 import is_v1, parse_v1
 from .convert import apply_sparse_layers, sparse_layers
+from .errors import CheckpointError
+from .fileio import atomic_write
 
-__all__ = ["save", "load", "load_checkpoint", "read_header", "Checkpoint", "CheckpointError"]
+__all__ = ["save", "load", "load_checkpoint", "read_header", "serialize", "Checkpoint", "CheckpointError"]
 
-MAGIC = b"PSCONV\x00\x01"
-FORMAT_VERSION = 1
-_MAX_HEADER = 64 * 1024 * 1024
-_DTYPES: dict[str, torch.dtype] = {
-    "float32": torch.float32,
-    "float64": torch.float64,
-    "float16": torch.float16,
-    "bfloat16": torch.bfloat16,
-    "int64": torch.int64,
-    "int32": torch.int32,
-    "uint8": torch.uint8,
-    "bool": torch.bool,
-}
-_DTYPE_NAMES = {v: k for k, v in _DTYPES.items()}
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file is missing, truncated, corrupt, foreign or of the wrong version."""
+FORMAT = "psconv-checkpoint"
+FORMAT_VERSION = 2
+EXTRA_PREFIX = "psconv_extra."
 
 
 @dataclass
@@ -58,47 +53,29 @@ class Checkpoint:
     extra: Any = None
 
 
-class _Blob:
-    """Collects tensors into one byte string and records where each lies."""
-
-    def __init__(self) -> None:
-        self.buffer = io.BytesIO()
-        self.entries: list[dict[str, Any]] = []
-
-    def add(self, tensor: torch.Tensor) -> int:
-        tensor = tensor.detach().to("cpu").contiguous()
-        if tensor.dtype not in _DTYPE_NAMES:
-            raise ValueError(f"cannot save tensors of dtype {tensor.dtype}")
-        raw = tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b""
-        self.entries.append(
-            {
-                "dtype": _DTYPE_NAMES[tensor.dtype],
-                "shape": list(tensor.shape),
-                "offset": self.buffer.tell(),
-                "nbytes": len(raw),
-            }
-        )
-        self.buffer.write(raw)
-        return len(self.entries) - 1
+# --------------------------------------------------------------------------------------------
+# Writing
 
 
-def _encode(value: Any, blob: _Blob) -> Any:
-    """Nested Python value -> JSON-able tree, tensors replaced by references into the blob."""
+def _encode(value: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    """Nested Python value -> JSON-able tree, tensors replaced by references to stored names."""
     if isinstance(value, torch.Tensor):
-        return {"__tensor__": blob.add(value)}
+        name = f"{EXTRA_PREFIX}{len(tensors)}"
+        tensors[name] = value
+        return {"__tensor__": name}
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     if isinstance(value, (list, tuple)):
-        items = [_encode(v, blob) for v in value]
+        items = [_encode(v, tensors) for v in value]
         return {"__tuple__": items} if isinstance(value, tuple) else items
     if isinstance(value, dict):
         if all(isinstance(k, str) and not k.startswith("__") for k in value):
-            return {k: _encode(v, blob) for k, v in value.items()}
-        return {"__items__": [[_encode(k, blob), _encode(v, blob)] for k, v in value.items()]}
+            return {k: _encode(v, tensors) for k, v in value.items()}
+        return {"__items__": [[_encode(k, tensors), _encode(v, tensors)] for k, v in value.items()]}
     raise ValueError(f"cannot save a value of type {type(value).__name__} in a checkpoint")
 
 
-def _decode(tree: Any, tensors: list[torch.Tensor]) -> Any:
+def _decode(tree: Any, tensors: dict[str, torch.Tensor]) -> Any:
     if isinstance(tree, list):
         return [_decode(v, tensors) for v in tree]
     if isinstance(tree, dict):
@@ -112,36 +89,56 @@ def _decode(tree: Any, tensors: list[torch.Tensor]) -> Any:
     return tree
 
 
-def _model_config(model: nn.Module) -> dict[str, Any]:
-    config = getattr(model, "psconv_config", None)
-    return dict(config) if isinstance(config, dict) else {}
+def _checksum(tensors: dict[str, torch.Tensor]) -> int:
+    crc = 0
+    for name in sorted(tensors):
+        t = tensors[name]
+        crc = zlib.crc32(name.encode(), crc)
+        if t.numel():
+            crc = zlib.crc32(t.contiguous().reshape(-1).view(torch.uint8).numpy(), crc)
+    return crc
+
+
+def _plain(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Contiguous CPU tensors, none sharing memory (safetensors refuses shared storage)."""
+    out, seen = {}, set()
+    for name, t in tensors.items():
+        t = t.detach().to("cpu").contiguous()
+        key = (t.untyped_storage().data_ptr(), t.storage_offset()) if t.numel() else None
+        if key in seen:
+            t = t.clone()
+        seen.add(key)
+        out[name] = t
+    return out
 
 
 def serialize(model: nn.Module, *, extra: Any = None, **meta: Any) -> bytes:
     """The bytes :func:`save` writes."""
-    blob = _Blob()
-    state = _encode(dict(model.state_dict()), blob)
-    extra_tree = _encode(extra, blob)
-    data = blob.buffer.getvalue()
-    header = {
-        "format": "psconv-checkpoint",
-        "version": FORMAT_VERSION,
-        "config": _model_config(model),
-        "sparse_layers": sparse_layers(model),
-        "meta": meta,
-        "state": state,
-        "extra": extra_tree,
-        "tensors": blob.entries,
-        "data_bytes": len(data),
-        "data_crc32": zlib.crc32(data),
-    }
+    state = dict(model.state_dict())
+    clash = [k for k in state if k.startswith(EXTRA_PREFIX)]
+    if clash:
+        raise ValueError(
+            f"model state names {clash[0]!r} clash with psconv's reserved prefix {EXTRA_PREFIX!r}"
+        )
+    extra_tensors: dict[str, torch.Tensor] = {}
+    extra_tree = _encode(extra, extra_tensors)
+    tensors = _plain(state | extra_tensors)
+    config = getattr(model, "psconv_config", None)
     try:
-        head = json.dumps(header, separators=(",", ":")).encode()
+        metadata = {
+            "format": FORMAT,
+            "format_version": str(FORMAT_VERSION),
+            "config": json.dumps(dict(config) if isinstance(config, dict) else {}),
+            "sparse_layers": json.dumps(sparse_layers(model)),
+            "meta": json.dumps(meta),
+            "extra": json.dumps(extra_tree),
+            "tensors_crc32": str(_checksum(tensors)),
+        }
     except TypeError as exc:
         raise ValueError(
             f"checkpoint meta must be JSON-like (numbers, strings, lists, dicts): {exc}"
         ) from None
-    return MAGIC + struct.pack("<Q", len(head)) + head + data
+    return safetensors_bytes(tensors, metadata=metadata)
 
 
 def save(model: nn.Module, path: str | os.PathLike[str], *, extra: Any = None, **meta: Any) -> Path:
@@ -150,109 +147,146 @@ def save(model: nn.Module, path: str | os.PathLike[str], *, extra: Any = None, *
     ``meta`` must be JSON-like (numbers, strings, lists, dicts); ``extra`` may also hold
     tensors (optimizer state, RNG states) and comes back from :func:`load_checkpoint`.
     """
-    path = Path(path)
-    atomic_write(path, serialize(model, extra=extra, **meta))
-    return path
+    return atomic_write(path, serialize(model, extra=extra, **meta))
 
 
-def atomic_write(path: Path, payload: bytes) -> None:
-    """Write ``payload`` to ``path`` via a synced temp file and a rename: never a half file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(payload)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+# --------------------------------------------------------------------------------------------
+# Reading
 
 
-def _read(path: Path) -> tuple[dict[str, Any], memoryview]:
+def _check_path(path: Path) -> None:
     try:
         mode = path.stat().st_mode
-    except OSError:
-        mode = 0  # read_bytes below names the problem
-    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-        # /dev/zero or a disk would be read until memory runs out.
-        raise CheckpointError(f"checkpoint {str(path)!r} is a device, not a file")
-    try:
-        raw = path.read_bytes()
     except FileNotFoundError:
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist") from None
-    except IsADirectoryError:
-        raise CheckpointError(f"checkpoint {str(path)!r} is a directory, not a file") from None
     except OSError as exc:
         raise CheckpointError(f"checkpoint {str(path)!r} cannot be read: {exc.strerror}") from None
-    return _parse(raw, str(path))
+    if stat.S_ISDIR(mode):
+        raise CheckpointError(f"checkpoint {str(path)!r} is a directory, not a file")
+    if not stat.S_ISREG(mode):
+        # /dev/zero or a FIFO would be read until memory runs out, or block forever.
+        raise CheckpointError(f"checkpoint {str(path)!r} is a device or pipe, not a file")
 
 
-def _parse(raw: bytes, name: str) -> tuple[dict[str, Any], memoryview]:
-    if len(raw) < len(MAGIC) + 8 or raw[: len(MAGIC) - 1] != MAGIC[:-1]:
-        raise CheckpointError(f"{name!r} is not a psconv checkpoint (bad magic bytes)")
-    if raw[len(MAGIC) - 1] != MAGIC[-1]:
-        raise CheckpointError(
-            f"{name!r} has format version {raw[len(MAGIC) - 1]}, this psconv reads version {FORMAT_VERSION}"
-        )
-    (head_len,) = struct.unpack_from("<Q", raw, len(MAGIC))
-    start = len(MAGIC) + 8
-    if head_len > min(_MAX_HEADER, len(raw) - start):
-        raise CheckpointError(f"checkpoint {name!r} is truncated or corrupt (header length {head_len})")
+def _first_bytes(path: Path, n: int) -> bytes:
     try:
-        header = json.loads(raw[start : start + head_len].decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
-        raise CheckpointError(f"checkpoint {name!r} has a corrupt header") from None
-    if not isinstance(header, dict) or header.get("format") != "psconv-checkpoint":
-        raise CheckpointError(f"{name!r} is not a psconv checkpoint (foreign header)")
-    if header.get("version") != FORMAT_VERSION:
-        raise CheckpointError(
-            f"{name!r} has format version {header.get('version')!r}, this psconv reads {FORMAT_VERSION}"
-        )
-    data = memoryview(raw)[start + head_len :]
-    if header.get("data_bytes") != len(data):
-        raise CheckpointError(
-            f"checkpoint {name!r} is truncated or has trailing bytes "
-            f"(data is {len(data)} bytes, header says {header.get('data_bytes')})"
-        )
-    if header.get("data_crc32") != zlib.crc32(data):
-        raise CheckpointError(f"checkpoint {name!r} is corrupt (data checksum mismatch)")
-    return header, data
+        with open(path, "rb") as f:
+            return f.read(n)
+    except OSError as exc:
+        raise CheckpointError(f"checkpoint {str(path)!r} cannot be read: {exc.strerror}") from None
 
 
-def _tensors(header: dict[str, Any], data: memoryview, name: str) -> list[torch.Tensor]:
-    tensors = []
+def _json_field(metadata: dict[str, str], key: str, name: str) -> Any:
     try:
-        for entry in header["tensors"]:
-            dtype = _DTYPES[entry["dtype"]]
-            shape = [int(s) for s in entry["shape"]]
-            offset, nbytes = int(entry["offset"]), int(entry["nbytes"])
-            count = 1
-            for s in shape:
-                count *= s
-            itemsize = torch.empty((), dtype=dtype).element_size()
-            if (
-                min(shape, default=1) < 0
-                or nbytes != count * itemsize
-                or offset < 0
-                or offset + nbytes > len(data)
-            ):
-                raise ValueError
-            chunk = bytearray(data[offset : offset + nbytes])
-            flat = torch.frombuffer(chunk, dtype=dtype) if nbytes else torch.empty(0, dtype=dtype)
-            tensors.append(flat.reshape(shape))
-    except (KeyError, TypeError, ValueError, RuntimeError, OverflowError):
-        raise CheckpointError(f"checkpoint {name!r} has a corrupt tensor table") from None
-    return tensors
+        return json.loads(metadata[key])
+    except (KeyError, TypeError, json.JSONDecodeError, RecursionError):
+        raise CheckpointError(f"checkpoint {name!r} has a corrupt header (metadata {key!r})") from None
+
+
+def _open_metadata(handle: Any, name: str) -> dict[str, Any]:
+    metadata = handle.metadata() or {}
+    if metadata.get("format") != FORMAT:
+        raise CheckpointError(
+            f"{name!r} is a safetensors file but not a psconv checkpoint (no psconv metadata)"
+        )
+    version = metadata.get("format_version")
+    if version != str(FORMAT_VERSION):
+        raise CheckpointError(
+            f"{name!r} has checkpoint format version {version!r}; this psconv reads 1 and {FORMAT_VERSION}"
+        )
+    parts = {k: _json_field(metadata, k, name) for k in ("config", "sparse_layers", "meta", "extra")}
+    for key in ("config", "sparse_layers", "meta"):
+        if not isinstance(parts[key], dict):
+            raise CheckpointError(f"checkpoint {name!r} has a corrupt header (metadata {key!r})")
+    parts["crc32"] = metadata.get("tensors_crc32")
+    return parts
+
+
+def _safe_open(path: Path) -> Any:
+    try:
+        return safe_open(str(path), framework="pt", device="cpu")
+    except SafetensorError as exc:
+        detail = str(exc).splitlines()[0] if str(exc) else "unreadable"
+        raise CheckpointError(
+            f"{str(path)!r} is not a psconv checkpoint, or is truncated or corrupt ({detail})"
+        ) from None
+    except OSError as exc:
+        raise CheckpointError(f"checkpoint {str(path)!r} cannot be read: {exc.strerror}") from None
+
+
+def _table(handle: Any) -> dict[str, dict[str, Any]]:
+    table = {}
+    for key in handle.keys():
+        sl = handle.get_slice(key)
+        shape = [int(s) for s in sl.get_shape()]
+        table[key] = {"dtype": str(sl.get_dtype()), "shape": shape, "numel": math.prod(shape)}
+    return table
 
 
 def read_header(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """The checkpoint's header (config, meta, sparse layers, tensor table) without building a model."""
-    header, _ = _read(Path(path))
-    header = dict(header)
-    header["file_bytes"] = Path(path).stat().st_size
+    """What a checkpoint says about itself, without reading a weight: ``config``, ``meta``,
+    ``sparse_layers``, the tensor table (``tensors``: name -> dtype, shape, numel), which of them
+    are the model's ``state``, ``format_version`` and ``file_bytes``."""
+    path = Path(path)
+    _check_path(path)
+    name = str(path)
+    if is_v1(_first_bytes(path, 8)):
+        parts = parse_v1(path.read_bytes(), name)
+        tensors = {k: v for k, v in parts["state"].items() if isinstance(v, torch.Tensor)}
+        table = {
+            k: {"dtype": str(t.dtype).removeprefix("torch."), "shape": list(t.shape), "numel": t.numel()}
+            for k, t in tensors.items()
+        }
+        header = {k: parts[k] for k in ("config", "sparse_layers", "meta")}
+        header |= {"tensors": table, "state": sorted(table), "format_version": 1}
+        header["extra_bytes"] = parts["data_bytes"] - sum(
+            t.numel() * t.element_size() for t in tensors.values()
+        )
+    else:
+        with _safe_open(path) as handle:
+            parts = _open_metadata(handle, name)
+            table = _table(handle)
+        header = {k: parts[k] for k in ("config", "sparse_layers", "meta")}
+        state = sorted(k for k in table if not k.startswith(EXTRA_PREFIX))
+        header |= {"tensors": table, "state": state, "format_version": FORMAT_VERSION}
+        itemsize = {
+            k: torch.empty((), dtype=_torch_dtype(e["dtype"])).element_size() for k, e in table.items()
+        }
+        header["extra_bytes"] = sum(table[k]["numel"] * itemsize[k] for k in table if k not in state)
+    header["file_bytes"] = path.stat().st_size
     return header
+
+
+_ST_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "BOOL": torch.bool,
+}  # fmt: skip
+
+
+def _torch_dtype(name: str) -> torch.dtype:
+    return _ST_DTYPES.get(name, torch.uint8)
+
+
+def _read_all(path: Path) -> dict[str, Any]:
+    """config, sparse_layers, meta, state (tensors) and extra (decoded) of a checkpoint file."""
+    _check_path(path)
+    name = str(path)
+    if is_v1(_first_bytes(path, 8)):
+        return parse_v1(path.read_bytes(), name)
+    with _safe_open(path) as handle:
+        parts = _open_metadata(handle, name)
+        # safetensors has checked that the offsets tile the file, so every tensor's size is
+        # bounded by the file's: reading them cannot be made to allocate more than that.
+        tensors = {k: handle.get_tensor(k) for k in handle.keys()}
+    if parts["crc32"] != str(_checksum(tensors)):
+        raise CheckpointError(f"checkpoint {name!r} is corrupt (data checksum mismatch)")
+    try:
+        extra = _decode(parts["extra"], tensors)
+    except (KeyError, TypeError, ValueError, RecursionError):
+        raise CheckpointError(f"checkpoint {name!r} has a corrupt header (metadata 'extra')") from None
+    state = {k: t for k, t in tensors.items() if not k.startswith(EXTRA_PREFIX)}
+    return {k: parts[k] for k in ("config", "sparse_layers", "meta")} | {"state": state, "extra": extra}
 
 
 def load_checkpoint(
@@ -262,17 +296,15 @@ def load_checkpoint(
 ) -> Checkpoint:
     """Rebuild the model of a checkpoint (or fill ``model``, a dense skeleton of it)."""
     path = Path(path)
-    name = str(path)
-    header, data = _read(path)
-    tensors = _tensors(header, data, name)
+    parts = _read_all(path)
     # Building layers draws initial weights that the file then overwrites: leave the caller's
     # random stream as it was (a resumed training restores its own RNG state afterwards).
     with torch.random.fork_rng(devices=[]):
-        return _restore(header, tensors, name, model, map_location)
+        return _restore(parts, str(path), model, map_location)
 
 
 def _check_dtypes(model: nn.Module, state: Any, name: str) -> None:
-    """load_state_dict would silently cast a tensor the header relabelled (float32 -> int32)."""
+    """load_state_dict would silently cast a tensor of another dtype (float32 -> int32)."""
     if not isinstance(state, dict):
         raise CheckpointError(f"checkpoint {name!r} has a corrupt header (state is not a table)")
     expected = model.state_dict()
@@ -284,66 +316,44 @@ def _check_dtypes(model: nn.Module, state: Any, name: str) -> None:
             )
 
 
-def _restore(
-    header: dict[str, Any],
-    tensors: list[torch.Tensor],
-    name: str,
-    model: nn.Module | None,
-    map_location: str | torch.device,
-) -> Checkpoint:
-    try:
-        state = _decode(header["state"], tensors)
-        extra = _decode(header.get("extra"), tensors)
-        config = dict(header.get("config") or {})
-        layers = dict(header.get("sparse_layers") or {})
-        meta = dict(header.get("meta") or {})
-    except (KeyError, IndexError, TypeError, ValueError, AttributeError, RecursionError):
-        raise CheckpointError(f"checkpoint {name!r} has a corrupt header") from None
-    if model is None:
-        if "name" not in config:
-            raise CheckpointError(
-                f"checkpoint {name!r} holds a custom model: pass a skeleton, load(path, model=...)"
-            )
-        from .models import create_model
+def _build(config: dict[str, Any], state: dict[str, Any], name: str) -> nn.Module:
+    """The registered model a checkpoint names, its size checked on the meta device first."""
+    from .models import create_model, meta_skeleton
 
-        try:
-            build = {k: config[k] for k in ("name", "num_classes", "image_size")}
-            _refuse_oversized(build, tensors)
-            model = create_model(**build)
-        except (ValueError, TypeError, RuntimeError, MemoryError, OverflowError) as exc:
-            raise CheckpointError(f"checkpoint {name!r}: cannot rebuild its model: {exc}") from None
-        model.psconv_config = config  # type: ignore[assignment]
+    if "name" not in config:
+        raise CheckpointError(
+            f"checkpoint {name!r} holds a custom model: pass a skeleton, load(path, model=...)"
+        )
+    try:
+        build = {k: config[k] for k in ("name", "num_classes", "image_size")}
+        if not isinstance(build["name"], str):
+            raise ValueError(f"unknown model {build['name']!r}")
+        stored = sum(t.numel() for t in state.values() if isinstance(t, torch.Tensor))
+        meta_skeleton(build["name"], build["num_classes"], build["image_size"], stored)
+        model = create_model(**build)
+    except (KeyError, ValueError, TypeError, RuntimeError, MemoryError, OverflowError) as exc:
+        raise CheckpointError(f"checkpoint {name!r}: cannot rebuild its model: {exc}") from None
+    model.psconv_config = config  # type: ignore[assignment]
+    return model
+
+
+def _restore(
+    parts: dict[str, Any], name: str, model: nn.Module | None, map_location: str | torch.device
+) -> Checkpoint:
+    config, layers, meta, state = parts["config"], parts["sparse_layers"], parts["meta"], parts["state"]
+    if model is None:
+        model = _build(config, state, name)
     try:
         apply_sparse_layers(model, layers)
         _check_dtypes(model, state, name)
         model.load_state_dict(state, strict=True)
-    except (ValueError, RuntimeError, TypeError, KeyError, OverflowError) as exc:
+    except (ValueError, RuntimeError, TypeError, KeyError, OverflowError, AttributeError) as exc:
+        if isinstance(exc, CheckpointError):
+            raise
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"checkpoint {name!r} does not match its model: {first}") from None
     model.to(map_location)
-    return Checkpoint(model=model, config=config, meta=meta, extra=extra)
-
-
-def _refuse_oversized(build: dict[str, Any], tensors: list[torch.Tensor]) -> None:
-    """Refuse a header whose ``num_classes``/``image_size`` describe a network far larger than
-    the tensors stored: ``create_model`` would allocate and initialise every weight (gigabytes,
-    or an out-of-memory kill) before ``load_state_dict`` could notice. The network is laid out on
-    the meta device (no memory, no init); a real file keeps at least 1 of 9 weights of a layer.
-    """
-    from .models import _REGISTRY
-
-    classes, size = build["num_classes"], build["image_size"]
-    builder = _REGISTRY.get(build["name"]) if isinstance(build["name"], str) else None
-    if builder is None or not isinstance(classes, int) or not isinstance(size, int):
-        return  # create_model names the problem
-    if classes < 1 or size < 32 or size % 32:
-        return
-    with torch.device("meta"):
-        probe = builder(classes, size)
-    needed = sum(p.numel() for p in probe.parameters())
-    stored = sum(t.numel() for t in tensors)
-    if needed > 9 * stored + 1_000_000:
-        raise ValueError(f"its header describes a network of {needed:,} weights, the file stores {stored:,}")
+    return Checkpoint(model=model, config=config, meta=meta, extra=parts["extra"])
 
 
 def load(

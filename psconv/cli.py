@@ -12,19 +12,20 @@ import sys
 from collections.abc import Sequence
 
 from .allocator import tune_allocator
-from .checkpoint import CheckpointError
+from .errors import CheckpointError
 
 COMMAND_MODULES: list[str] = [
     "psconv.commands.profile_cmd",
     "psconv.commands.inspect_cmd",
     "psconv.commands.predict_cmd",
     "psconv.commands.export_cmd",
-    "psconv.train",
-    "psconv.evaluate",
-    "psconv.demo",
+    "psconv.commands.convert_cmd",
+    "psconv.commands.train_cmd",
+    "psconv.commands.eval_cmd",
+    "psconv.commands.demo_cmd",
     "psconv.commands.energy_cmd",
     "psconv.commands.report_cmd",
-    "psconv.bench",
+    "psconv.commands.bench_cmd",
 ]
 
 

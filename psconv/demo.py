@@ -1,100 +1,75 @@
-"""``psconv demo``: the main job behind ``make run``; a few minutes on a laptop-class CPU.
+"""The demo behind ``make run``: dense against sparse, a few minutes on a laptop-class CPU.
 
 It trains one network twice from the same seed, with dense kernels and with a pre-defined
 sparse pattern (default VGG16 and PSD1_P16), on a real CIFAR-10 subset, and puts parameters,
 MACs, checkpoint size, accuracy and training time side by side: printed, and written to
 ``runs/demo/results.csv`` and ``results.json`` next to the two run folders.
 
-The data is the first of: ``--data-dir``, ``$PSCONV_DATA``, ``../shared/data`` beside the
-repository (or the working directory), else the official archive, downloaded and checked.
-A short run on a subset says how the two compare early in training, not what the paper's
-150-epoch schedule reaches: for that run ``psconv train`` with its defaults.
+Its settings are a :class:`TrainConfig` (:data:`DEMO`: the defaults below over the dataclass's).
+The data is ``data_dir``, else ``$PSCONV_DATA``, else the official archive, downloaded and
+checked. A short run on a subset says how the two compare early in training, not what the
+paper's 150-epoch schedule reaches: for that run ``psconv train`` with its defaults.
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
+import io
 import json
+import os
 import shutil
 import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from .data import resolve_data_dir
-from .models import list_models
-from .train import SCHEDULES, TrainConfig, train
+from .fileio import atomic_write
+from .train import train
+from .train_config import TrainConfig
 
-__all__ = ["DemoConfig", "find_data", "run_demo", "add_parser", "run"]
+__all__ = ["DEMO", "run_demo", "format_table"]
 
-DEFAULTS = {
-    "model": "vgg16",
-    "pattern": "PSD1_P16",
-    "epochs": 2,
-    "batch_size": 64,
-    "lr": 0.05,
-    "schedule": "onecycle",
-    "train_subset": 2560,
-    "test_subset": 2000,
-    "out": "runs/demo",
-}
-DemoConfig = dict[str, Any]
-
-
-def find_data(data_dir: str | None) -> tuple[str | None, bool]:
-    """(where the CIFAR-10 data is, whether it must be downloaded)."""
-    try:
-        return str(resolve_data_dir(data_dir, "cifar10")), False
-    except FileNotFoundError:
-        pass
-    repo = Path(__file__).resolve().parents[1]
-    for candidate in (repo.parent / "shared" / "data", Path.cwd().parent / "shared" / "data"):
-        if candidate.is_dir():
-            return str(candidate), False
-    return None, True
+DEMO = TrainConfig(
+    model="vgg16",
+    pattern="PSD1_P16",
+    dataset="cifar10",
+    epochs=2,
+    batch_size=64,
+    lr=0.05,
+    schedule="onecycle",
+    train_subset=2560,
+    test_subset=2000,
+    out="runs/demo",
+)
 
 
-def run_demo(args: argparse.Namespace) -> list[dict[str, Any]]:
-    data_dir, download = find_data(args.data_dir)
-    out = Path(args.out)
-    base = TrainConfig(
-        model=args.model,
-        dataset="cifar10",
-        data_dir=data_dir,
-        download=download,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        schedule=args.schedule,
-        seed=args.seed,
-        device=args.device,
-        train_subset=args.train_subset,
-        test_subset=args.test_subset,
-        eval_every=args.epochs,  # one evaluation, at the end: the budget goes to training
-        num_threads=args.num_threads,
-    )
-    patterns = ["dense", args.pattern] if args.pattern != "dense" else ["dense"]
+def run_demo(config: TrainConfig = DEMO) -> list[dict[str, Any]]:
+    """Train ``config.model`` dense and with ``config.pattern``; one row of results each."""
+    download = not (config.data_dir or os.environ.get("PSCONV_DATA"))
+    # One evaluation, at the end: the budget goes to training.
+    base = replace(config, dataset="cifar10", download=download, eval_every=config.epochs)
+    out = Path(config.out or "runs/demo")
+    patterns = ["dense", config.pattern] if config.pattern != "dense" else ["dense"]
     print(
-        f"psconv demo: {args.model} dense vs {args.pattern} on CIFAR-10 "
-        f"({args.train_subset} train / {args.test_subset} test images, {args.epochs} epochs, "
-        f"{args.schedule} lr {args.lr}, batch {args.batch_size}); data: {data_dir or 'download'}",
+        f"psconv demo: {config.model} dense vs {config.pattern} on CIFAR-10 "
+        f"({config.train_subset} train / {config.test_subset} test images, {config.epochs} epochs, "
+        f"{config.schedule} lr {config.lr}, batch {config.batch_size}); "
+        f"data: {config.data_dir or os.environ.get('PSCONV_DATA') or 'download'}",
         flush=True,
     )
     rows = []
     source = ""
     for pattern in patterns:
-        config = replace(base, pattern=pattern, out=str(out / f"{args.model}-{pattern}"))
-        config.validate()
+        run_config = replace(base, pattern=pattern, out=str(out / f"{config.model}-{pattern}"))
+        run_config.validate()
         # The demo owns these folders: a rerun starts them afresh.
-        shutil.rmtree(config.out, ignore_errors=True)
+        shutil.rmtree(run_config.out, ignore_errors=True)
         start = time.perf_counter()
-        result = train(config)
-        s = result.summary
+        s = train(run_config).summary
         source = s.get("data_source", "")
         rows.append(
             {
-                "model": args.model,
+                "model": config.model,
                 "pattern": pattern,
                 "params": s["params"],
                 "macs": s["macs"],
@@ -104,7 +79,7 @@ def run_demo(args: argparse.Namespace) -> list[dict[str, Any]]:
                 "final_top5": s["final_top5"],
                 "train_seconds": s["train_seconds"],
                 "wall_seconds": round(time.perf_counter() - start, 1),
-                "run_dir": config.out,
+                "run_dir": run_config.out,
             }
         )
     _write(out, rows, source)
@@ -112,24 +87,22 @@ def run_demo(args: argparse.Namespace) -> list[dict[str, Any]]:
     print(format_table(rows))
     if "jpeg" in source.lower():
         print(
-            "Accuracy is on the JPEG copy of CIFAR-10 (about 5.8/255 mean pixel error), "
-            "not the official images."
+            "Accuracy is on the JPEG copy of CIFAR-10 (about 5.8/255 mean pixel error), not the official images."
         )
     print(f"Results: {out / 'results.csv'} and {out / 'results.json'}; run folders under {out}/")
     print(
-        "Full paper schedule (150 epochs, all of CIFAR-10): psconv train --model vgg16 --pattern PSD1_P16 "
-        "--data-dir DIR"
+        "Full paper schedule (150 epochs, all of CIFAR-10): psconv train --model vgg16 --pattern PSD1_P16 --data-dir DIR"
     )
     return rows
 
 
 def _write(out: Path, rows: list[dict[str, Any]], source: str) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / "results.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]), lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
-    (out / "results.json").write_text(json.dumps({"data_source": source, "runs": rows}, indent=2) + "\n")
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write(out / "results.csv", buf.getvalue())
+    atomic_write(out / "results.json", json.dumps({"data_source": source, "runs": rows}, indent=2) + "\n")
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
@@ -151,26 +124,3 @@ def format_table(rows: list[dict[str, Any]]) -> str:
             f"top-1 {sp['final_top1'] - dense['final_top1']:+.2f} points"
         )
     return "\n".join(lines)
-
-
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="short dense-vs-sparse training on real CIFAR-10 (the `make run` job)")
-    p.add_argument("--model", default=DEFAULTS["model"], choices=list_models())
-    p.add_argument("--pattern", default=DEFAULTS["pattern"], help="sparse pattern to compare with dense")
-    p.add_argument("--data-dir", help="CIFAR-10 data [$PSCONV_DATA, ../shared/data, else download]")
-    p.add_argument("--epochs", type=int, default=DEFAULTS["epochs"])
-    p.add_argument("--batch-size", type=int, default=DEFAULTS["batch_size"])
-    p.add_argument("--lr", type=float, default=DEFAULTS["lr"])
-    p.add_argument("--schedule", default=DEFAULTS["schedule"], choices=SCHEDULES)
-    p.add_argument("--train-subset", type=int, default=DEFAULTS["train_subset"], metavar="N")
-    p.add_argument("--test-subset", type=int, default=DEFAULTS["test_subset"], metavar="N")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--num-threads", type=int, default=None)
-    p.add_argument("--out", default=DEFAULTS["out"], metavar="DIR")
-    p.set_defaults(func=run)
-
-
-def run(args: argparse.Namespace) -> int:
-    run_demo(args)
-    return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +39,28 @@ def test_tiny_imagenet_sample(tiny_tar: Path) -> None:
     assert ds.x_train.shape == (20000, 64, 64, 3) and ds.x_test.shape == (10000, 64, 64, 3)
     assert np.bincount(ds.y_train, minlength=200).tolist() == [100] * 200
     assert np.bincount(ds.y_test, minlength=200).tolist() == [50] * 200
+    # Readable names from words.txt beside the wnids (the first synonym of each).
+    assert ds.classes[0].startswith("n") and len(ds.class_words) == 200
+    words = dict(line.split("\t") for line in _tiny_words(tiny_tar).splitlines())
+    assert ds.class_words[0] == words[ds.classes[0]].split(",")[0]
+
+
+def _tiny_words(tar: Path) -> str:
+    with tarfile.open(tar) as t:
+        return t.extractfile("tiny-imagenet-200/words.txt").read().decode()
+
+
+def test_holdout_is_disjoint_fixed_and_leaves_test_alone(cifar_npz: Path) -> None:
+    ds = load_dataset("cifar10", cifar_npz)
+    held = ds.holdout(500)
+    assert held.x_train.shape[0] == 3500 and held.x_test.shape[0] == 500
+    key = lambda x: {img.tobytes() for img in x}  # noqa: E731
+    assert not key(held.x_train) & key(held.x_test)  # no validation image is trained on
+    assert key(held.x_train) | key(held.x_test) == key(ds.x_train)  # and none of the test set is used
+    assert np.array_equal(ds.holdout(500).y_test, held.y_test)  # the same draw every time
+    assert "held out" in held.source
+    with pytest.raises(ValueError, match="--holdout must be between 1 and 3999"):
+        ds.holdout(4000)
 
 
 def _official_batches(root: Path, x: np.ndarray, y: np.ndarray) -> None:

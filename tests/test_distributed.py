@@ -22,7 +22,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from psconv.train import TrainConfig, read_metrics, train
+from psconv.run_files import read_metrics
+from psconv.train import TrainConfig, train
 
 REPO = Path(__file__).resolve().parents[1]
 

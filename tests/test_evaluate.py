@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from psconv.cli import main
-from psconv.train import read_metrics
+from psconv.run_files import read_metrics
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -25,19 +25,19 @@ def test_train_writes_run_folder_and_eval_agrees(
     argv += ["--train-subset", "64", "--lr", "0.02", "--num-threads", "1", "--out", str(run), *common]
     assert main(argv) == 0
     printed = capsys.readouterr().out
-    assert "epoch 2/2" in printed and "done: best top-1" in printed
-    assert {"config.json", "metrics.csv", "last.ckpt", "best.ckpt", "summary.json"} <= {
+    assert "epoch 2/2" in printed and "done: final top-1" in printed
+    assert {"config.json", "metrics.csv", "last.safetensors", "best.safetensors", "summary.json"} <= {
         p.name for p in run.iterdir()
     }
     rows = read_metrics(run / "metrics.csv")
     best = max(rows, key=lambda r: r["test_top1"])
-    assert main(["eval", "--checkpoint", str(run / "best.ckpt"), "--json", *common]) == 0
+    assert main(["eval", "--checkpoint", str(run / "best.safetensors"), "--json", *common]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["images"] == 64 and result["dataset"] == "cifar10"
     assert result["top1"] == pytest.approx(best["test_top1"], abs=1e-3)
     assert result["top5"] == pytest.approx(best["test_top5"], abs=1e-3)
     assert result["loss"] == pytest.approx(best["test_loss"], rel=1e-4)
-    assert main(["eval", "--checkpoint", str(run / "last.ckpt"), *common]) == 0
+    assert main(["eval", "--checkpoint", str(run / "last.safetensors"), *common]) == 0
     assert "top-1" in capsys.readouterr().out
 
 
@@ -46,7 +46,6 @@ def _bad_runs(npz: Path, tmp: Path) -> list[tuple[list[str], str]]:
     bogus = tmp / "bogus.ckpt"
     bogus.write_bytes(b"hello")
     return [
-        (["train", "--model", "nope", *data], "unknown model 'nope'"),
         (["train", "--pattern", "PSD4_P0", *data], "PSD4_P0"),
         (["train", "--epochs", "0", *data], "--epochs must be a positive integer"),
         (["train", "--lr", "nan", *data], "--lr must be a finite number"),
@@ -74,10 +73,11 @@ def test_cli_errors_are_one_line(
     monkeypatch.delenv("PSCONV_DATA", raising=False)
     assert main(["train"]) == 2
     assert "pass --data-dir" in capsys.readouterr().err
-    with pytest.raises(SystemExit) as exc:
-        main(["train", "--dataset", "imagenet"])
-    assert exc.value.code == 2
-    assert "invalid choice" in capsys.readouterr().err
+    for argv in (["train", "--dataset", "imagenet"], ["train", "--model", "nope"]):
+        with pytest.raises(SystemExit) as exc:
+            main(argv)
+        assert exc.value.code == 2
+        assert "invalid choice" in capsys.readouterr().err
 
 
 def test_process_exit_code_without_traceback(tmp_path: Path) -> None:

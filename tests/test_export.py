@@ -10,10 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_deploy import sparse_ckpt  # noqa: F401 - a session fixture shared with test_deploy
 
 import psconv
-from psconv import deploy
+from psconv import export, predict
 from psconv.cli import main
 from psconv.data import DeviceData
 
@@ -41,14 +40,14 @@ def exported(sparse_ckpt: Callable, tmp_path_factory: pytest.TempPathFactory) ->
     for name in MODELS:
         ckpt, model = sparse_ckpt(name)
         folder = tmp_path_factory.mktemp(name)
-        loaded = deploy.load_for_inference(ckpt)  # once for both formats
+        loaded = predict.load_for_inference(ckpt)  # once for both formats
         files = {}
         for fmt in ("torchscript", "onnx") if _have_onnx() else ("torchscript",):
             files[fmt] = folder / f"{name}.{fmt}"
             # The export's own check (one run of the file) is exercised once; the tests below
             # compare far more inputs anyway.
             verify = name == "resnet18"
-            files[f"{fmt}-result"] = deploy.export_model(loaded, fmt, files[fmt], verify=verify)
+            files[f"{fmt}-result"] = export.export_model(loaded, fmt, files[fmt], verify=verify)
         out[name] = {"model": model, "ckpt": ckpt, **files}
     return out
 
@@ -78,7 +77,7 @@ def _check_same(ours: torch.Tensor, theirs: torch.Tensor) -> None:
 @pytest.mark.parametrize("fmt", ["torchscript", pytest.param("onnx", marks=needs_onnx)])
 def test_round_trip_equals_ours(exported: dict[str, dict], name: str, fmt: str) -> None:
     entry = exported[name]
-    run = deploy.load_exported(entry[fmt], fmt)
+    run = export.load_exported(entry[fmt], fmt)
     for x in _inputs():
         with torch.no_grad():
             ours = entry["model"](x)
@@ -135,9 +134,9 @@ def test_export_overwrite_policy(exported: dict[str, dict], tmp_path: Path, caps
         assert "psconv: error:" in capsys.readouterr().err
     assert ckpt.read_bytes() == before
     # --force replaces atomically (the writer behind the command, without a slow export).
-    deploy._write_new_file(out, b"new", force=True, protect=ckpt)
+    export._write_new_file(out, b"new", force=True, protect=ckpt)
     assert out.read_bytes() == b"new"
     with pytest.raises(ValueError, match="already exists"):
-        deploy._write_new_file(out, b"newer", force=False, protect=ckpt)
+        export._write_new_file(out, b"newer", force=False, protect=ckpt)
     assert out.read_bytes() == b"new"
     assert sorted(p.name for p in out.parent.iterdir()) == ["model.pt"]  # no temporary left behind

@@ -1,6 +1,11 @@
+from typing import Any
+
 import pytest
 import torch
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
+import psconv
 from psconv.patterns import BUILTIN_SUPPORTS, PAPER_PATTERNS, parse_pattern, pattern_mask
 
 SQUARES = [{0, 1, 3, 4}, {1, 2, 4, 5}, {3, 4, 6, 7}, {4, 5, 7, 8}]
@@ -114,3 +119,48 @@ def test_sparse_pattern_needs_3x3() -> None:
 def test_builtin_supports_are_the_readme_lists() -> None:
     assert [set(s) for s in BUILTIN_SUPPORTS[4]] == SQUARES
     assert [set(s) for s in BUILTIN_SUPPORTS[2]] == PAIRS
+
+
+FUZZ = settings(max_examples=60, deadline=None)
+
+# Fuzzing: every input parses or raises ValueError naming it, nothing else.
+
+
+def _check_spec(text: Any) -> None:
+    try:
+        pattern = psconv.parse_pattern(text)
+    except ValueError:
+        return
+    assert isinstance(pattern, psconv.Pattern)
+    assert psconv.parse_pattern(pattern.name) == pattern  # the canonical name round-trips
+    mask = psconv.pattern_mask(pattern, 3, 5, 3, seed=1)
+    kept = mask.reshape(15, 9).sum(1)
+    allowed = {9, pattern.n}
+    assert set(kept.tolist()) <= allowed
+
+
+_GRAMMAR = st.from_regex(
+    r"\A\s?(pSC|PS|PSD|psc|ps|Dense|dense|pSC9)?[0-9\u0663\u00b2]{0,3}(_P[0-9]{0,3})?"
+    r"(\[[0-9, \]]{0,14}\]?)?\s?\Z"
+)
+
+
+@FUZZ
+@given(st.one_of(st.text(max_size=30), _GRAMMAR))
+@example("PS2_P3[01,34,78]")
+@example("PSD4_P16")
+@example("PS1_P" + "9" * 5000)
+@example("pSC" + "9" * 5000)
+@example("PS2_P3[01,34,78")
+@example("PSD1_P1")
+@example("PS0_P0")
+@example("PS3_P2[]")
+@example("PS1_P2[\u00b2]")
+def test_spec_parser_parses_or_raises_value_error(text: str) -> None:
+    _check_spec(text)
+
+
+@pytest.mark.parametrize("value", [None, 5, 2.5, b"PS4_P4", ["PS4_P4"], {"n": 1}, object()])
+def test_spec_parser_non_strings(value: object) -> None:
+    with pytest.raises(ValueError):
+        psconv.parse_pattern(value)  # type: ignore[arg-type]

@@ -17,15 +17,8 @@ import torch.nn.functional as F
 
 import psconv
 from psconv.data import DeviceData, load_dataset
-from psconv.train import (
-    METRICS_FIELDS,
-    TrainConfig,
-    TrainingDiverged,
-    lr_at,
-    read_metrics,
-    scaled_milestones,
-    train,
-)
+from psconv.run_files import METRICS_FIELDS, read_metrics
+from psconv.train import TrainConfig, TrainingDiverged, lr_at, scaled_milestones, train
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -119,8 +112,8 @@ def test_run_folder_and_resume_is_exact(cifar_npz: Path, tmp_path: Path, referen
     assert {p.name for p in run.iterdir()} >= {
         "config.json",
         "metrics.csv",
-        "last.ckpt",
-        "best.ckpt",
+        "last.safetensors",
+        "best.safetensors",
         "summary.json",
     }
     rows = read_metrics(run / "metrics.csv")
@@ -129,10 +122,10 @@ def test_run_folder_and_resume_is_exact(cifar_npz: Path, tmp_path: Path, referen
     assert summary["best_top1"] == max(r["test_top1"] for r in rows)
     assert summary["final_top1"] == rows[-1]["test_top1"]
     assert summary["params"] < summary["dense_params"] and summary["macs"] < summary["dense_macs"]
-    best = psconv.load_checkpoint(run / "best.ckpt")
+    best = psconv.load_checkpoint(run / "best.safetensors")
     assert best.meta["test_top1"] == summary["best_top1"]
-    # last.ckpt is compact: the free weights plus one momentum buffer each, not dense kernels.
-    assert (run / "last.ckpt").stat().st_size < 2.2 * 4 * summary["params"] + 200_000
+    # last.safetensors is compact: the free weights plus one momentum buffer each, not dense kernels.
+    assert (run / "last.safetensors").stat().st_size < 2.2 * 4 * summary["params"] + 200_000
 
 
 def test_resume_refuses_changed_config_and_overwrite(cifar_npz: Path, tmp_path: Path) -> None:
@@ -144,9 +137,9 @@ def test_resume_refuses_changed_config_and_overwrite(cifar_npz: Path, tmp_path: 
         train(replace(config, lr=0.5), resume=True, log=lambda _m: None)
     with pytest.raises(FileNotFoundError, match="nothing to resume"):
         train(replace(config, out=str(tmp_path / "none")), resume=True, log=lambda _m: None)
-    # a best.ckpt copied over last.ckpt has weights but no training state
-    (tmp_path / "run" / "best.ckpt").replace(tmp_path / "run" / "last.ckpt")
-    psconv.save(psconv.load(tmp_path / "run" / "last.ckpt"), tmp_path / "run" / "last.ckpt")
+    # a best.safetensors copied over last.safetensors has weights but no training state
+    (tmp_path / "run" / "best.safetensors").replace(tmp_path / "run" / "last.safetensors")
+    psconv.save(psconv.load(tmp_path / "run" / "last.safetensors"), tmp_path / "run" / "last.safetensors")
     with pytest.raises(ValueError, match="holds no training state"):
         train(config, resume=True, log=lambda _m: None)
 
@@ -168,7 +161,7 @@ def test_nan_stops_and_keeps_last_good_checkpoint(
     run = tmp_path / "run"
     with pytest.raises(TrainingDiverged, match="NaN or infinite by epoch 2 step 3.*last good checkpoint"):
         train(tiny_config(cifar_npz, run), log=lambda _m: None)
-    assert psconv.load_checkpoint(run / "last.ckpt").extra["epoch"] == 1
+    assert psconv.load_checkpoint(run / "last.safetensors").extra["epoch"] == 1
     assert [r["epoch"] for r in read_metrics(run / "metrics.csv")] == [1]
 
 
@@ -183,13 +176,13 @@ def test_sigkill_mid_epoch_then_resume(cifar_npz: Path, tmp_path: Path, referenc
     proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
-        metrics = run / "metrics.csv"  # written atomically after last.ckpt
+        metrics = run / "metrics.csv"  # written atomically after last.safetensors
         if metrics.exists() and len(metrics.read_text().splitlines()) > 1:
             break
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert (run / "last.ckpt").exists(), proc.stderr.read().decode()
+    assert (run / "last.safetensors").exists(), proc.stderr.read().decode()
     done = len(read_metrics(run / "metrics.csv"))
     assert 1 <= done <= 3
     resumed = subprocess.run(args + ["--resume"], cwd=REPO, env=env, capture_output=True, text=True)

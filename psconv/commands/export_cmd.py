@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..deploy import EXPORT_FORMATS, export_model
+from ..export import EXPORT_FORMATS, export_model
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..deploy import format_summary, summarize_checkpoint
+from ..inspect_checkpoint import format_summary, summarize_checkpoint
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from ..deploy import load_for_inference, predict_files
+from ..predict import load_for_inference, predict_files
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

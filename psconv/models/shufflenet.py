@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import register_model
+from .registry import register_model
 
 
 def channel_shuffle(x: Tensor, groups: int) -> Tensor:

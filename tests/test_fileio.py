@@ -1,0 +1,42 @@
+"""The one atomic write, and the progress bars drawn only on a terminal."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+
+from psconv import progress
+from psconv.fileio import FileExistsRefused, atomic_stream, atomic_write
+
+
+def test_atomic_write_replaces_or_refuses(tmp_path: Path) -> None:
+    path = atomic_write(tmp_path / "sub" / "a.txt", "one")
+    assert path.read_text() == "one"
+    atomic_write(path, b"two")
+    assert path.read_bytes() == b"two"
+    with pytest.raises(FileExistsRefused, match="already exists"):
+        atomic_write(path, "three", overwrite=False)
+    assert path.read_text() == "two" and sorted(p.name for p in path.parent.iterdir()) == ["a.txt"]
+
+
+def test_failed_stream_leaves_nothing(tmp_path: Path) -> None:
+    target = tmp_path / "download.bin"
+    with pytest.raises(RuntimeError), atomic_stream(target) as handle:
+        handle.write(b"partial")
+        raise RuntimeError("connection lost")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bar_only_on_a_terminal_of_rank_0(monkeypatch: pytest.MonkeyPatch) -> None:
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    for tty, rank, drawn in ((False, "0", False), (True, "0", True), (True, "1", False)):
+        stream = Tty() if tty else io.StringIO()
+        monkeypatch.setattr("sys.stderr", stream)
+        monkeypatch.setenv("RANK", rank)
+        assert list(progress.iterate(range(3), "work")) == [0, 1, 2]
+        assert ("work" in stream.getvalue()) == drawn, (tty, rank)
