@@ -1,6 +1,6 @@
 """Build of the optional compiled kernels (metadata lives in pyproject.toml).
 
-The library is a plain C ABI shared object loaded with ctypes (``psconv/_kernels.py``): no
+The library is a plain C ABI shared object loaded with ctypes (``psconv/kernels/binding.py``): no
 Python or torch headers are needed, so it builds in pip's isolated build environment. It is
 compiled for baseline x86-64; the AVX-512 code is selected at run time (target pragmas plus
 ``__builtin_cpu_supports``), so one build runs on any machine. When the compiler is missing
@@ -67,7 +67,7 @@ class OptionalBuildExt(build_ext):
 
 
 ext = Extension(
-    "psconv._psconv_kernels",
+    "psconv.kernels._psconv_kernels",
     sources=SOURCES,
     depends=["csrc/psconv_kernels.h", "csrc/kernel_body.inc"],
     include_dirs=["csrc"],

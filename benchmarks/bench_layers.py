@@ -16,7 +16,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from psconv import engine, tune_allocator
+from psconv import kernels, tune_allocator
 from psconv.layers import PSConv2d
 
 LAYERS = [(64, 64, 32), (128, 128, 16), (256, 256, 8), (512, 512, 4), (512, 512, 2)]
@@ -36,7 +36,7 @@ def main() -> None:
     ap.add_argument("--patterns", nargs="+", default=["PS4_P4", "PSD4_P8", "PSD2_P8", "PSD1_P16", "PS1_P9"])
     ap.add_argument("--train", action="store_true", help="time forward+backward")
     ap.add_argument("--threads", type=int, default=0)
-    ap.add_argument("--packings", nargs="+", default=["auto"], choices=engine.PACKINGS)
+    ap.add_argument("--packings", nargs="+", default=["auto"], choices=kernels.PACKINGS)
     args = ap.parse_args()
     tune_allocator()  # as `psconv bench` does: freed outputs stay mapped (no page faults)
     torch.manual_seed(0)
@@ -44,9 +44,9 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     for ci, co, hw in LAYERS:
         for packing in args.packings:
-            engine.set_packing(packing)
+            kernels.set_packing(packing)
             bench_layer(ci, co, hw, args, label="" if len(args.packings) == 1 else f"[{packing}] ")
-    engine.set_packing("auto")
+    kernels.set_packing("auto")
 
 
 def bench_layer(ci: int, co: int, hw: int, args: argparse.Namespace, label: str = "") -> None:
@@ -82,7 +82,7 @@ def bench_layer(ci: int, co: int, hw: int, args: argparse.Namespace, label: str 
         fns = {"dense_nchw": lambda: run_dense(x), "dense_cl": lambda: run_dense(xcl)}
         for p, layer in layers.items():
             fns[p] = lambda layer=layer: run_fast(layer)
-        engine.set_backend("fast")
+        kernels.set_backend("fast")
         for f in fns.values():
             f()
         res: dict[str, list[float]] = {k: [] for k in fns}

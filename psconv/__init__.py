@@ -3,7 +3,7 @@
 from .allocator import tune_allocator
 from .checkpoint import Checkpoint, CheckpointError, load, load_checkpoint, read_header, save
 from .convert import densify, eligible_convs, sparsify
-from .engine import get_backend, set_backend
+from .kernels import get_backend, set_backend
 from .layers import PSConv2d
 from .models import create_model, list_models, register_model
 from .patterns import PAPER_PATTERNS, Pattern, parse_pattern, pattern_mask

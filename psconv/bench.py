@@ -7,7 +7,7 @@ interleaved (every round runs each once), and the median of the rounds is report
   and channels-last inputs/weights, i.e. oneDNN at its best;
 - ``masked``: the pattern model on the reference path (scatter the kept weights into a dense
   kernel, then ``F.conv2d``), which is what the authors' masking code costs;
-- ``psconv``: the pattern model on the engine's ``auto`` backend (compiled kernels where they
+- ``psconv``: the pattern model on the ``auto`` backend (compiled kernels where they
   win), the best of NCHW and channels-last.
 
 Cases: forward at batch 1 and at the large batch (eval mode, no grad), and a training step at
@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import engine, progress
+from . import kernels, progress
 from .allocator import tune_allocator
 from .layers import PSConv2d
 
@@ -50,12 +50,12 @@ _CL = torch.channels_last
 # ----------------------------------------------------------------------------- timing helpers
 @contextlib.contextmanager
 def _backend(name: str) -> Iterator[None]:
-    old = engine.get_backend()
-    engine.set_backend(name)
+    old = kernels.get_backend()
+    kernels.set_backend(name)
     try:
         yield
     finally:
-        engine.set_backend(old)
+        kernels.set_backend(old)
 
 
 def _calibrate(fn: Callable[[], Any], target_s: float) -> int:
@@ -240,7 +240,7 @@ def _layer_table(
                 t = _bench_layer(layer, shape, repeats, train=case == "train")
                 dense = min(t["dense/nchw"], t["dense/cl"])
                 x = torch.empty(shape)
-                fast = engine.uses_fast(layer, x)
+                fast = kernels.uses_fast(layer, x)
                 cache[key] = {
                     "dense_ms": dense * 1e3,
                     "masked_ms": t["masked"] * 1e3,
@@ -248,7 +248,7 @@ def _layer_table(
                     "speedup": dense / t["psconv"],
                     "speedup_vs_masked": t["masked"] / t["psconv"],
                     "kernel": "fast" if fast else "reference",
-                    "packing": engine.packing_of(layer) if fast else None,
+                    "packing": kernels.packing_of(layer) if fast else None,
                 }
             rows.append(
                 {
@@ -265,7 +265,7 @@ def _layer_table(
 # ----------------------------------------------------------------------------- memory
 _PROBE = """
 import resource, sys, torch, torch.nn.functional as F
-from psconv import engine
+from psconv import kernels
 from psconv.convert import densify
 from psconv.models import create_model
 name, pattern, variant, batch, size, threads = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
@@ -274,7 +274,7 @@ if threads:
 model = create_model(name, pattern, num_classes=10, image_size=size)
 if variant == 'dense':
     model = densify(model)
-engine.set_backend('reference' if variant in ('dense', 'masked') else 'auto')
+kernels.set_backend('reference' if variant in ('dense', 'masked') else 'auto')
 opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
 x, y = torch.randn(batch, 3, size, size), torch.randint(0, 10, (batch,))
 
@@ -460,7 +460,7 @@ def run_bench(
     if quick:
         batch, repeats, layers, memory = min(batch, 8), min(repeats, 2), False, False
         _SAMPLE_SCALE = 0.05
-    info = engine.kernel_info()
+    info = kernels.kernel_info()
     allocator = tune_allocator()  # dense and sparse alike: they run in this one process
     report: dict[str, Any] = {
         "machine": {

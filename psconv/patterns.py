@@ -178,12 +178,26 @@ def pattern_mask(
     supports: object = None,
 ) -> torch.Tensor:
     """Boolean mask ``[out_channels, in_channels, k, k]`` of the kept weights of a layer."""
+    flat = mask_array(spec, out_channels, in_channels, kernel_size, seed, supports)
+    return torch.from_numpy(flat).reshape(out_channels, in_channels, kernel_size, kernel_size)
+
+
+def mask_array(
+    spec: str | Pattern,
+    out_channels: int,
+    in_channels: int,
+    kernel_size: int = 3,
+    seed: int = 0,
+    supports: object = None,
+) -> np.ndarray:
+    """:func:`pattern_mask` as a numpy bool array ``[out_channels, in_channels, k * k]`` (no
+    torch: safe to call while a network is being traced or exported)."""
     pattern = parse_pattern(spec, supports)
     for label, value in (("out_channels", out_channels), ("in_channels", in_channels)):
         if not isinstance(value, (int, np.integer)) or value < 1:
             raise ValueError(f"{label} must be a positive integer, got {value!r}")
     if pattern.is_dense:
-        return torch.ones(out_channels, in_channels, kernel_size, kernel_size, dtype=torch.bool)
+        return np.ones((out_channels, in_channels, kernel_size * kernel_size), dtype=bool)
     if kernel_size != 3:
         raise ValueError(
             f"pattern {pattern.name!r} is defined for 3x3 kernels only, got kernel_size={kernel_size}"
@@ -193,17 +207,16 @@ def pattern_mask(
         chosen = np.argsort(keys, axis=-1, kind="stable")[..., : pattern.n]
         flat = np.zeros((out_channels, in_channels, 9), dtype=bool)
         np.put_along_axis(flat, chosen, True, axis=-1)
-    else:
-        table = np.zeros((len(pattern.supports), 9), dtype=bool)
-        for k, support in enumerate(pattern.supports):
-            table[k, list(support)] = True
-        f = np.arange(out_channels)[:, None]
-        c = np.arange(in_channels)[None, :]
-        k_count = len(pattern.supports)
-        if pattern.family == "periodic":
-            flat = table[((f + c) % pattern.period) % k_count]
-        else:
-            s = (f + c + 1) % pattern.period
-            flat = table[(s - 1) % k_count]
-            flat[s == 0] = True
-    return torch.from_numpy(np.ascontiguousarray(flat)).reshape(out_channels, in_channels, 3, 3)
+        return flat
+    table = np.zeros((len(pattern.supports), 9), dtype=bool)
+    for k, support in enumerate(pattern.supports):
+        table[k, list(support)] = True
+    f = np.arange(out_channels)[:, None]
+    c = np.arange(in_channels)[None, :]
+    k_count = len(pattern.supports)
+    if pattern.family == "periodic":
+        return np.ascontiguousarray(table[((f + c) % pattern.period) % k_count])
+    s = (f + c + 1) % pattern.period
+    flat = table[(s - 1) % k_count]
+    flat[s == 0] = True
+    return np.ascontiguousarray(flat)

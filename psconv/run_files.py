@@ -111,7 +111,7 @@ def environment(num_threads: int | None = None) -> dict[str, Any]:
     """What a run's numbers depend on beyond its config: bit-exact repeats need the same code,
     the same torch, the same CPU kind and the same thread count."""
     from . import __version__
-    from .engine import kernel_info
+    from .kernels import kernel_info
 
     info = kernel_info()
     return {

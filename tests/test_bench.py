@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from psconv import bench, engine
+from psconv import bench, kernels
 
 
 def test_bench_model_structure():
@@ -25,7 +25,7 @@ def test_bench_model_structure():
     rows = pat["layers"]
     assert {r["case"] for r in rows} == {"train"}
     assert all(r["ideal"] > 1 for r in rows)
-    expected = "fast" if engine.kernels_available() else "reference"
+    expected = "fast" if kernels.kernels_available() else "reference"
     assert any(r["kernel"] == expected for r in rows)
     # PS4_P4 (period 4 divides the 16 lanes) keeps the diagonal packing on every layer.
     assert {r["packing"] for r in rows} == ({"diagonal"} if expected == "fast" else {None})

@@ -1,8 +1,12 @@
-"""Load the compiled kernel library (built by ``setup.py``) through ctypes.
+"""The compiled kernel library (built by ``setup.py`` from ``csrc/``), loaded through ctypes.
 
 The library has no Python or torch headers in it: it takes raw pointers, so it builds in pip's
 isolated environment. Loading never raises: when the library is missing or broken,
-``available()`` is False and the engine stays on the reference path.
+``available()`` is False and every layer stays on the reference path.
+
+One typed wrapper per C function (:func:`conv`, :func:`gradw`, :func:`gradw2`); ``PscArgs``
+mirrors ``psc_args`` of ``csrc/psconv_kernels.h`` field for field, and :data:`ABI_VERSION` must
+equal the library's ``psc_abi_version()`` (a test checks both against the header).
 """
 
 from __future__ import annotations
@@ -14,9 +18,21 @@ from pathlib import Path
 
 import torch  # noqa: F401  (loads torch's libgomp first, so the library shares its thread pool)
 
-__all__ = ["available", "isa", "lib", "load_error", "PscArgs", "library_path"]
+__all__ = [
+    "ABI_VERSION",
+    "available",
+    "isa",
+    "lib",
+    "load_error",
+    "PscArgs",
+    "library_path",
+    "conv",
+    "gradw",
+    "gradw2",
+]
 
 _PKG = Path(__file__).resolve().parent
+ABI_VERSION = 4
 
 
 class PscArgs(ctypes.Structure):
@@ -70,8 +86,11 @@ def _load() -> tuple[ctypes.CDLL | None, str | None]:
         )
     try:
         handle = ctypes.CDLL(path)
-        if handle.psc_abi_version() != 4:
-            return None, f"{path}: unexpected ABI version"
+        if handle.psc_abi_version() != ABI_VERSION:
+            return (
+                None,
+                f"{path}: ABI version {handle.psc_abi_version()}, expected {ABI_VERSION}; reinstall psconv",
+            )
         for name in ("psc_conv",):
             fn = getattr(handle, name)
             fn.argtypes = [ctypes.POINTER(PscArgs)]
@@ -100,3 +119,29 @@ def isa() -> str:
     if lib is None:
         return "none"
     return "avx512" if lib.psc_isa() == 1 else "generic"
+
+
+def _check(rc: int, name: str) -> None:
+    if rc != 0:
+        raise MemoryError(f"psconv kernel {name} failed (code {rc}): out of memory for its work buffers")
+
+
+def conv(args: PscArgs) -> None:
+    """``y = conv(x, w) + bias`` over the plan in ``args`` (forward, or grad-input with a
+    transposed plan)."""
+    assert lib is not None
+    _check(lib.psc_conv(ctypes.byref(args)), "conv")
+
+
+def gradw(args: PscArgs, dy: int) -> None:
+    """Weight gradient, output-pixel tiles: ``y`` (packed layout) from ``x`` and ``dy``."""
+    assert lib is not None
+    _check(lib.psc_gradw(ctypes.byref(args), ctypes.c_void_p(dy)), "gradw")
+
+
+def gradw2(
+    args: PscArgs, dy: int, chunks: int, nchunks: int, H: int, W: int, Ho: int, Wo: int, ph: int, pw: int
+) -> None:
+    """Weight gradient, input-pixel kernel over a zero-haloed ``dy`` (plans of one-block groups)."""
+    assert lib is not None
+    _check(lib.psc_gradw2(ctypes.byref(args), dy, chunks, nchunks, H, W, Ho, Wo, ph, pw), "gradw2")

@@ -11,11 +11,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from psconv import engine
+from psconv import kernels
 from psconv.layers import PSConv2d
 
 needs_kernels = pytest.mark.skipif(
-    not engine.kernels_available(), reason=f"compiled kernels unavailable: {engine.kernel_info()['error']}"
+    not kernels.kernels_available(), reason=f"compiled kernels unavailable: {kernels.kernel_info()['error']}"
 )
 
 FAMILIES = ["PS4_P4", "PSD4_P8", "PSD2_P8", "PSD1_P16", "PS1_P9", "PS2_P6", "pSC4", "pSC1", "dense"]
@@ -23,17 +23,17 @@ FAMILIES = ["PS4_P4", "PSD4_P8", "PSD2_P8", "PSD1_P16", "PS1_P9", "PS2_P6", "pSC
 
 @pytest.fixture(autouse=True)
 def _restore_backend():
-    old = engine.get_backend()
+    old = kernels.get_backend()
     yield
-    engine.set_backend(old)
+    kernels.set_backend(old)
 
 
 @pytest.fixture(params=["diagonal", "pair"])
 def packing(request):
     """Runs a test with each weight packing forced (pair where the mask allows it)."""
-    engine.set_packing(request.param)
+    kernels.set_packing(request.param)
     yield request.param
-    engine.set_packing("auto")
+    kernels.set_packing("auto")
 
 
 def _reference64(layer: PSConv2d, x: torch.Tensor, gout: torch.Tensor):
@@ -49,7 +49,7 @@ def _reference64(layer: PSConv2d, x: torch.Tensor, gout: torch.Tensor):
 
 
 def _fast(layer: PSConv2d, x: torch.Tensor, gout: torch.Tensor):
-    engine.set_backend("fast")
+    kernels.set_backend("fast")
     x = x.detach().requires_grad_(True)
     y = layer(x)
     inputs = [x, layer.weight_values] + ([layer.bias] if layer.bias is not None else [])
@@ -70,7 +70,7 @@ def _check(pattern, ci, co, hw, stride=1, padding=1, batch=2, bias=True, seed=0,
             layer.bias.normal_()
     if x is None:
         x = torch.randn(batch, ci, *hw)
-    assert engine.fast_supported(layer, x) is None
+    assert kernels.fast_supported(layer, x) is None
     with torch.no_grad():
         shape = layer.reference_forward(x).shape
     gout = torch.randn(shape)
@@ -128,7 +128,7 @@ def test_both_packings(packing, pattern, ci, co, hw, stride, batch, bias):
 
 @needs_kernels
 def test_pair_packing_plan():
-    from psconv._kernel_plan import additive_period, build_weight_plan, pair_lanes
+    from psconv.kernels.plan_builder import additive_period, build_weight_plan, pair_lanes
 
     layer = PSConv2d(64, 64, pattern="PS1_P9")
     mask = layer.mask.reshape(64, 64, 9).numpy().astype(bool)
@@ -162,7 +162,7 @@ def test_pair_packing_plan():
 
 @needs_kernels
 def test_auto_packing_choice():
-    engine.set_packing("auto")
+    kernels.set_packing("auto")
     for pattern, ch, expected in [
         ("PS1_P9", 64, 2),
         ("PS1_P9", 256, 2),
@@ -170,11 +170,11 @@ def test_auto_packing_choice():
         ("PS4_P4", 128, 0),
     ]:
         layer = PSConv2d(ch, ch, pattern=pattern)
-        engine.fast_forward(layer, torch.randn(1, ch, 4, 4))
-        assert engine._state(layer).fwd.bcast == expected, (pattern, ch)
-        assert engine.packing_of(layer) == ("pair" if expected else "diagonal")
+        kernels.fast_forward(layer, torch.randn(1, ch, 4, 4))
+        assert kernels.layer_plans(layer).fwd.bcast == expected, (pattern, ch)
+        assert kernels.packing_of(layer) == ("pair" if expected else "diagonal")
     with pytest.raises(ValueError, match="packing must be one of"):
-        engine.set_packing("bogus")
+        kernels.set_packing("bogus")
 
 
 @needs_kernels
@@ -185,10 +185,10 @@ def test_large_output_uses_streaming_stores_correctly(pattern):
     layer = PSConv2d(64, 64, pattern=pattern)
     x = torch.randn(3, 64, 150, 150, requires_grad=True)
     assert 3 * 64 * 150 * 150 * 4 > 16 << 20
-    engine.set_backend("fast")
+    kernels.set_backend("fast")
     y = layer(x)
     (gx,) = torch.autograd.grad(y, x, torch.ones_like(y))
-    engine.set_backend("reference")
+    kernels.set_backend("reference")
     y_ref = layer(x)
     (gx_ref,) = torch.autograd.grad(y_ref, x, torch.ones_like(y_ref))
     assert _rel(y, y_ref) < 1e-4
@@ -234,13 +234,13 @@ def test_non_contiguous_and_channels_last_inputs():
 def test_output_is_standard_tensor_and_grad_weight_order():
     layer = PSConv2d(32, 32, pattern="PSD2_P8")
     x = torch.randn(2, 32, 6, 6)
-    engine.set_backend("fast")
+    kernels.set_backend("fast")
     y = layer(x)
     assert y.shape == (2, 32, 6, 6) and y.dtype == torch.float32
-    engine.set_backend("reference")
+    kernels.set_backend("reference")
     assert torch.allclose(y.contiguous(), layer(x), atol=1e-5)
     # grad-weight lands in weight_values order: compare with the masked dense gradient
-    engine.set_backend("fast")
+    kernels.set_backend("fast")
     layer.zero_grad()
     layer(x).square().sum().backward()
     fast_grad = layer.weight_values.grad.clone()
@@ -266,7 +266,7 @@ def test_training_steps_match_reference():
     data = torch.randn(4, 16, 8, 8)
     results = []
     for backend in ("reference", "fast"):
-        engine.set_backend(backend)
+        kernels.set_backend(backend)
         model = make()
         opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
         for _ in range(3):
@@ -281,40 +281,45 @@ def test_training_steps_match_reference():
 
 @needs_kernels
 def test_packed_weights_cached_for_inference_only():
-    engine.set_backend("fast")
+    kernels.set_backend("fast")
     layer = PSConv2d(16, 16, pattern="PS4_P4")
     x = torch.randn(1, 16, 5, 5)
     with torch.no_grad():
         layer(x)
-    st = engine._state(layer)
-    assert "fwd" in st.cache
+    fwd = kernels.layer_plans(layer).fwd
+    assert id(layer.weight_values) in fwd.packed_cache
     with torch.no_grad():
         layer.weight_values.mul_(-2.0)  # in place, like an optimizer step: the packing is stale
     layer(x).sum().backward()  # training: values change every step, nothing is kept
-    assert "fwd" not in st.cache and "bwd" not in st.cache
+    assert id(layer.weight_values) not in fwd.packed_cache
+    assert not kernels.layer_plans(layer).bwd.packed_cache
     with torch.no_grad():
         y = layer(x)
     assert _rel(y, layer.reference_forward(x)) < 1e-5
+    # Another tensor at a recycled address never gets this one's packing.
+    other = PSConv2d(16, 16, pattern="PS4_P4")
+    with torch.no_grad():
+        assert _rel(other(x), other.reference_forward(x)) < 1e-5
 
 
 @needs_kernels
 def test_auto_backend_choice():
-    engine.set_backend("auto")
+    kernels.set_backend("auto")
     x = torch.randn(1, 64, 8, 8)
-    assert engine.uses_fast(PSConv2d(64, 64, pattern="PS4_P4"), x)
-    assert engine.uses_fast(PSConv2d(64, 64, pattern="PSD1_P16"), x)
-    assert not engine.uses_fast(PSConv2d(64, 64, pattern="dense"), x)
-    assert not engine.uses_fast(PSConv2d(64, 64, pattern="pSC4"), x)
-    engine.set_backend("reference")
-    assert engine.fast_forward(PSConv2d(64, 64, pattern="PS4_P4"), x) is None
+    assert kernels.uses_fast(PSConv2d(64, 64, pattern="PS4_P4"), x)
+    assert kernels.uses_fast(PSConv2d(64, 64, pattern="PSD1_P16"), x)
+    assert not kernels.uses_fast(PSConv2d(64, 64, pattern="dense"), x)
+    assert not kernels.uses_fast(PSConv2d(64, 64, pattern="pSC4"), x)
+    kernels.set_backend("reference")
+    assert kernels.fast_forward(PSConv2d(64, 64, pattern="PS4_P4"), x) is None
 
 
 def test_unsupported_inputs_fall_back():
     layer = PSConv2d(8, 8, pattern="PS4_P4")
-    engine.set_backend("fast")
+    kernels.set_backend("fast")
     x64 = torch.randn(1, 8, 5, 5, dtype=torch.float64)
-    assert engine.fast_forward(layer, x64) is None
-    assert engine.fast_supported(layer, torch.empty(1, 8, 5, 5, device="meta")) is not None
+    assert kernels.fast_forward(layer, x64) is None
+    assert kernels.fast_supported(layer, torch.empty(1, 8, 5, 5, device="meta")) is not None
     layer64 = PSConv2d(8, 8, pattern="PS4_P4", dtype=torch.float64)
     y = layer64(x64)  # reference path, float64 end to end
     assert y.dtype == torch.float64
@@ -322,9 +327,9 @@ def test_unsupported_inputs_fall_back():
 
 def test_set_backend_validation():
     with pytest.raises(ValueError):
-        engine.set_backend("bogus")
-    engine.set_backend("reference")
-    assert engine.get_backend() == "reference"
+        kernels.set_backend("bogus")
+    kernels.set_backend("reference")
+    assert kernels.get_backend() == "reference"
 
 
 def _run_py(code: str, **env: str) -> str:
@@ -336,12 +341,12 @@ def _run_py(code: str, **env: str) -> str:
 
 def test_env_backend_and_missing_library():
     code = (
-        "import torch; from psconv import engine; from psconv.layers import PSConv2d\n"
+        "import torch; from psconv import kernels; from psconv.layers import PSConv2d\n"
         "l = PSConv2d(16, 16, pattern='PS4_P4'); x = torch.randn(1, 16, 6, 6)\n"
         "y = l(x); r = l.reference_forward(x)\n"
-        "print(engine.get_backend(), engine.kernels_available(), float((y - r).abs().max()) < 1e-5)"
+        "print(kernels.get_backend(), kernels.kernels_available(), float((y - r).abs().max()) < 1e-5)"
     )
-    assert _run_py(code, PSCONV_BACKEND="reference") == f"reference {engine.kernels_available()} True"
+    assert _run_py(code, PSCONV_BACKEND="reference") == f"reference {kernels.kernels_available()} True"
     assert _run_py(code, PSCONV_DISABLE_KERNELS="1", PSCONV_BACKEND="fast") == "fast False True"
     assert _run_py(code, PSCONV_KERNEL_LIB="/nonexistent/lib.so") == "auto False True"
 
@@ -349,15 +354,15 @@ def test_env_backend_and_missing_library():
 @needs_kernels
 def test_generic_isa_path():
     code = (
-        "import torch; from psconv import engine; from psconv.layers import PSConv2d\n"
-        "from psconv import _kernels; assert _kernels.isa() == 'generic'\n"
-        "engine.set_backend('fast'); torch.manual_seed(0)\n"
+        "import torch; from psconv import kernels; from psconv.layers import PSConv2d\n"
+        "from psconv.kernels import binding; assert binding.isa() == 'generic'\n"
+        "kernels.set_backend('fast'); torch.manual_seed(0)\n"
         "ok = True\n"
         "for pat, s in (('PSD4_P8', 1), ('PS1_P9', 2), ('pSC2', 1), ('PS2_P6', 1)):\n"
         "    l = PSConv2d(20, 36, stride=s, pattern=pat); x = torch.randn(2, 20, 7, 7, requires_grad=True)\n"
         "    y = l(x); y.square().sum().backward(); gx, gw = x.grad.clone(), l.weight_values.grad.clone()\n"
-        "    engine.set_backend('reference'); x.grad = None; l.weight_values.grad = None\n"
-        "    r = l(x); r.square().sum().backward(); engine.set_backend('fast')\n"
+        "    kernels.set_backend('reference'); x.grad = None; l.weight_values.grad = None\n"
+        "    r = l(x); r.square().sum().backward(); kernels.set_backend('fast')\n"
         "    rel = lambda a, b: float((a - b).abs().max() / b.abs().max())\n"
         "    ok &= rel(y, r) < 1e-4 and rel(gx, x.grad) < 1e-4 and rel(gw, l.weight_values.grad) < 1e-4\n"
         "print(ok)"
@@ -375,9 +380,9 @@ def test_models_match_reference_if_present():
     model = psconv.create_model("resnet18", pattern="PSD1_P16", num_classes=10, image_size=32).eval()
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
-        engine.set_backend("reference")
+        kernels.set_backend("reference")
         ref = model(x)
-        engine.set_backend("fast")
+        kernels.set_backend("fast")
         fast = model(x)
     assert _rel(fast, ref) < 1e-4
 
@@ -386,7 +391,7 @@ def test_models_match_reference_if_present():
 @pytest.mark.parametrize("threshold", [0.0, 2.0])
 def test_both_weight_gradient_kernels(threshold, monkeypatch):
     # 0.0: always the pixel-class kernel; 2.0: always the input-pixel (haloed dy) kernel.
-    monkeypatch.setattr(engine, "_GRADW2_BELOW", threshold)
+    monkeypatch.setattr(kernels.ops, "_GRADW2_BELOW", threshold)
     for pattern in ("PS1_P9", "PSD4_P8", "pSC2"):
         _check(pattern, 24, 40, (6, 5), batch=2)
         _check(pattern, 16, 16, (3, 3), batch=3, padding=0)
@@ -398,27 +403,27 @@ def test_both_weight_gradient_kernels(threshold, monkeypatch):
 def test_pair_plan_weight_gradient_kernels(threshold, monkeypatch):
     # Both weight-gradient kernels on pair-broadcast plans (by default only wide groups use
     # them, from 256 filters at period 9; here every pair plan does).
-    monkeypatch.setattr(engine, "_GRADW2_BELOW", threshold)
-    monkeypatch.setattr(engine, "_GW_PAIR_MIN_EFFICIENCY", 0.0)
-    engine.set_packing("pair")
+    monkeypatch.setattr(kernels.ops, "_GRADW2_BELOW", threshold)
+    monkeypatch.setattr(kernels.plans, "GW_PAIR_MIN_EFFICIENCY", 0.0)
+    kernels.set_packing("pair")
     try:
         for pattern in ("PS1_P9", "PS2_P6", "PSD4_P8"):
             _check(pattern, 24, 40, (6, 5), batch=2)
             _check(pattern, 17, 33, (3, 3), batch=3, padding=0)
             _check(pattern, 64, 32, (2, 2), batch=2, padding=2)
         layer = PSConv2d(24, 40, pattern="PS1_P9")
-        engine.fast_forward(layer, torch.randn(1, 24, 4, 4))
-        assert engine._state(layer).gw(True).bcast == 2
+        kernels.fast_forward(layer, torch.randn(1, 24, 4, 4))
+        assert kernels.layer_plans(layer).gw(True).bcast == 2
     finally:
-        engine.set_packing("auto")
+        kernels.set_packing("auto")
 
 
 @needs_kernels
 @pytest.mark.parametrize("threshold", [0.0, 2.0])
 def test_weight_gradient_is_bit_reproducible(threshold, monkeypatch):
     # Exact resume of training needs the same bits on every run for a given thread count.
-    monkeypatch.setattr(engine, "_GRADW2_BELOW", threshold)
-    engine.set_backend("fast")
+    monkeypatch.setattr(kernels.ops, "_GRADW2_BELOW", threshold)
+    kernels.set_backend("fast")
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:

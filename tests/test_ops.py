@@ -1,0 +1,92 @@
+"""The kernels as PyTorch operators: opcheck, torch.compile without graph breaks, torch.export."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import psconv
+from psconv import kernels
+from psconv.kernels import ops
+
+needs_kernels = pytest.mark.skipif(not kernels.kernels_available(), reason="compiled kernels not built")
+
+
+def _spread(model: torch.nn.Module) -> torch.nn.Module:
+    """O(1) logits (the paper's init gives ~1e-20, which any comparison passes)."""
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * (0.5 if p.dim() else 0.1))
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_var.uniform_(0.5, 2.0, generator=g)
+                m.running_mean.normal_(0.0, 0.1, generator=g)
+    return model
+
+
+@needs_kernels
+@pytest.mark.parametrize(
+    ("pattern", "ci", "co", "stride", "bias", "relu"),
+    [
+        ("PS4_P4", 16, 16, 1, True, False),
+        ("PSD1_P16", 19, 32, 2, False, True),
+        ("PS1_P9", 32, 24, 1, True, True),
+    ],
+)
+def test_opcheck(pattern: str, ci: int, co: int, stride: int, bias: bool, relu: bool) -> None:
+    g = torch.Generator().manual_seed(1)
+    nnz = int(psconv.pattern_mask(pattern, co, ci).sum())
+    x = torch.randn(2, ci, 7, 6, generator=g, requires_grad=True)
+    values = torch.randn(nnz, generator=g, requires_grad=True)
+    b = torch.randn(co, generator=g, requires_grad=True) if bias else None
+    args = (x, values, b, pattern, 0, co, [stride, stride], [1, 1], relu, False)
+    torch.library.opcheck(ops.conv, args)
+    out = ops.conv(*args)
+    grad = torch.randn(out.shape, generator=g)
+    torch.library.opcheck(
+        ops.conv_grad_input, (grad, values.detach(), pattern, 0, ci, [7, 6], [stride] * 2, [1, 1])
+    )
+    torch.library.opcheck(ops.conv_grad_weight, (x.detach(), grad, pattern, 0, nnz, [stride] * 2, [1, 1]))
+
+
+@needs_kernels
+@pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
+def test_compile_captures_a_sparse_resnet_whole(train: bool) -> None:
+    torch._dynamo.reset()
+    model = _spread(psconv.create_model("resnet18", "PS1_P9")).train(train)
+    x = torch.randn(2, 3, 32, 32)
+    explained = torch._dynamo.explain(model)(x)
+    assert explained.graph_break_count == 0, explained.break_reasons
+    assert explained.graph_count == 1
+
+
+@needs_kernels
+def test_compiled_model_equals_eager_in_both_modes() -> None:
+    torch._dynamo.reset()
+    model = _spread(psconv.create_model("vgg16", "PSD2_P8")).eval()
+    x = torch.randn(3, 3, 32, 32)
+    compiled = torch.compile(model)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), model(x), rtol=1e-4, atol=1e-4)
+    model.train()
+    eager_grads = torch.autograd.grad(model(x).square().sum(), model.features[3].weight_values)
+    model.train()
+    compiled_grads = torch.autograd.grad(compiled(x).square().sum(), model.features[3].weight_values)
+    torch.testing.assert_close(compiled_grads[0], eager_grads[0], rtol=1e-3, atol=1e-3)
+
+
+@needs_kernels
+def test_export_round_trips_with_a_free_batch(tmp_path) -> None:
+    model = _spread(psconv.create_model("resnet18", "PSD1_P16")).eval()
+    x = torch.randn(2, 3, 32, 32)
+    batch = torch.export.Dim("batch", min=1, max=512)
+    program = torch.export.export(model, (x,), dynamic_shapes=({0: batch},))
+    assert any(node.target is torch.ops.psconv.conv.default for node in program.graph.nodes)
+    path = tmp_path / "m.pt2"
+    torch.export.save(program, path)
+    loaded = torch.export.load(path).module()
+    with torch.no_grad():
+        for b in (1, 5):
+            xb = torch.randn(b, 3, 32, 32)
+            torch.testing.assert_close(loaded(xb), model(xb), rtol=1e-5, atol=1e-5)
