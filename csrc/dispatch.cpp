@@ -24,7 +24,7 @@ int isa_level() {
 }  // namespace
 
 extern "C" {
-int psc_abi_version(void) { return 4; }
+int psc_abi_version(void) { return PSC_ABI_VERSION; }
 int psc_isa(void) { return isa_level(); }
 int psc_conv(const psc_args* a) { return isa_level() == 1 ? psc_conv_avx512(a) : psc_conv_generic(a); }
 int psc_gradw(const psc_args* a, const float* dy) {

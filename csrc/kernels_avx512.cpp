@@ -18,25 +18,27 @@ inline V vloadm2(const float* lo, const float* hi, unsigned mlo, unsigned mhi) {
 inline V vfma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
 inline void vstore(float* p, V v) { _mm512_storeu_ps(p, v); }
 inline V vadd(V a, V b) { return _mm512_add_ps(a, b); }
-inline void vstore_out(float* dst, V v, const float* bias, int nv) {
+// The epilogue: bias, residual (laid out as the output) and ReLU, each when asked for.
+inline V epilogue(V r, const psc_epi& e, long at, __mmask16 m) {
+    if (e.bias) r = _mm512_add_ps(r, _mm512_maskz_loadu_ps(m, e.bias));
+    if (e.res) r = _mm512_add_ps(r, _mm512_maskz_loadu_ps(m, e.res + at));
+    if (e.relu) r = _mm512_max_ps(r, _mm512_setzero_ps());
+    return r;
+}
+inline void vstore_out(float* dst, V v, const psc_epi& e, long at, int nv) {
     const __m512i rev = _mm512_set_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-    V r = _mm512_permutexvar_ps(rev, v);
-    if (nv >= 16) {
-        if (bias) r = _mm512_add_ps(r, _mm512_loadu_ps(bias));
+    const __mmask16 m = nv >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << nv) - 1u);
+    V r = epilogue(_mm512_permutexvar_ps(rev, v), e, at, m);
+    if (nv >= 16)
         _mm512_storeu_ps(dst, r);
-    } else {
-        const __mmask16 m = (__mmask16)((1u << nv) - 1u);
-        if (bias) r = _mm512_add_ps(r, _mm512_maskz_loadu_ps(m, bias));
+    else
         _mm512_mask_storeu_ps(dst, m, r);
-    }
 }
 // Full 16-lane block to a 64-byte aligned address, bypassing the caches: for outputs too large
 // to stay cached until the next layer reads them, this saves reading every line before writing.
-inline void vstore_out_nt(float* dst, V v, const float* bias) {
+inline void vstore_out_nt(float* dst, V v, const psc_epi& e, long at) {
     const __m512i rev = _mm512_set_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-    V r = _mm512_permutexvar_ps(rev, v);
-    if (bias) r = _mm512_add_ps(r, _mm512_loadu_ps(bias));
-    _mm512_stream_ps(dst, r);
+    _mm512_stream_ps(dst, epilogue(_mm512_permutexvar_ps(rev, v), e, at, (__mmask16)0xFFFF));
 }
 inline void vfence() { _mm_sfence(); }
 // Pair broadcast: lanes 2i and 2i+1 get p[0] and p[1]. Masked: bit 0 keeps p[0], bit 1 p[1]
@@ -50,18 +52,15 @@ inline V vperm_merge(V r, unsigned m, const int* idx, V src) {
     return _mm512_mask_permutexvar_ps(r, (__mmask16)m, _mm512_loadu_si512(idx), src);
 }
 // Filter-ordered vector to the output: add bias, store nv lanes (nt: full, aligned, streaming).
-inline void vstore_res(float* dst, V v, const float* bias, int nv, bool nt) {
-    if (nv >= 16) {
-        if (bias) v = _mm512_add_ps(v, _mm512_loadu_ps(bias));
-        if (nt)
-            _mm512_stream_ps(dst, v);
-        else
-            _mm512_storeu_ps(dst, v);
-    } else {
-        const __mmask16 m = (__mmask16)((1u << nv) - 1u);
-        if (bias) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, bias));
+inline void vstore_res(float* dst, V v, const psc_epi& e, long at, int nv, bool nt) {
+    const __mmask16 m = nv >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << nv) - 1u);
+    v = epilogue(v, e, at, m);
+    if (nv < 16)
         _mm512_mask_storeu_ps(dst, m, v);
-    }
+    else if (nt)
+        _mm512_stream_ps(dst, v);
+    else
+        _mm512_storeu_ps(dst, v);
 }
 }  // namespace
 

@@ -31,10 +31,15 @@ inline V vloadm2(const float* lo, const float* hi, unsigned mlo, unsigned mhi) {
 inline V vfma(V a, V b, V c) { return a * b + c; }
 inline V vadd(V a, V b) { return a + b; }
 inline void vstore(float* p, V v) { memcpy(p, &v, sizeof(V)); }
-inline void vstore_out(float* dst, V v, const float* bias, int nv) {
-    for (int i = 0; i < nv; ++i) dst[i] = v[15 - i] + (bias ? bias[i] : 0.0f);
+inline float epilogue(float r, const psc_epi& e, long at, int i) {
+    if (e.bias) r += e.bias[i];
+    if (e.res) r += e.res[at + i];
+    return e.relu && r < 0.0f ? 0.0f : r;
 }
-inline void vstore_out_nt(float* dst, V v, const float* bias) { vstore_out(dst, v, bias, 16); }
+inline void vstore_out(float* dst, V v, const psc_epi& e, long at, int nv) {
+    for (int i = 0; i < nv; ++i) dst[i] = epilogue(v[15 - i], e, at, i);
+}
+inline void vstore_out_nt(float* dst, V v, const psc_epi& e, long at) { vstore_out(dst, v, e, at, 16); }
 inline void vfence() {}
 inline V vbcast2(const float* p) {
     V r;
@@ -51,8 +56,8 @@ inline V vperm_merge(V r, unsigned m, const int* idx, V src) {
         if ((m >> i) & 1u) r[i] = src[idx[i]];
     return r;
 }
-inline void vstore_res(float* dst, V v, const float* bias, int nv, bool) {
-    for (int i = 0; i < nv; ++i) dst[i] = v[i] + (bias ? bias[i] : 0.0f);
+inline void vstore_res(float* dst, V v, const psc_epi& e, long at, int nv, bool) {
+    for (int i = 0; i < nv; ++i) dst[i] = epilogue(v[i], e, at, i);
 }
 }  // namespace
 

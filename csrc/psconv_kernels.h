@@ -51,7 +51,20 @@ typedef struct {
     const int* outmap;  // bcast plans: [nout][OUTMAP_STRIDE] q, block, lane mask, lane index x16
     int nout;
     int nfb;            // filter blocks of the plan (bcast plans: lanes per pixel / 16)
+    // Output epilogue (inference form): y = relu?(conv + bias + res), res laid out as y or NULL.
+    const float* res;
+    int relu;
 } psc_args;
+
+#define PSC_ABI_VERSION 5
+
+// What the store of an output vector adds: bias (at the vector's first filter), the residual
+// at the same place as the output (res + at), then ReLU.
+typedef struct {
+    const float* bias;
+    const float* res;
+    int relu;
+} psc_epi;
 
 int psc_conv_generic(const psc_args* a);
 int psc_gradw_generic(const psc_args* a, const float* dy);

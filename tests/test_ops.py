@@ -90,3 +90,55 @@ def test_export_round_trips_with_a_free_batch(tmp_path) -> None:
         for b in (1, 5):
             xb = torch.randn(b, 3, 32, 32)
             torch.testing.assert_close(loaded(xb), model(xb), rtol=1e-5, atol=1e-5)
+
+
+@needs_kernels
+@pytest.mark.parametrize(
+    ("pattern", "packing"), [("PSD2_P8", "auto"), ("PS1_P9", "pair"), ("PS1_P9", "diagonal")]
+)
+def test_fused_epilogue_bias_residual_relu(pattern: str, packing: str) -> None:
+    kernels.set_packing(packing)
+    try:
+        g = torch.Generator().manual_seed(2)
+        layer = psconv.PSConv2d(32, 48, pattern=pattern)
+        with torch.no_grad():
+            layer.weight_values.normal_(generator=g)
+            layer.bias.normal_(generator=g)
+        x = torch.randn(2, 32, 9, 7, generator=g)
+        res = torch.randn(2, 48, 9, 7, generator=g)
+        args = (x, layer.weight_values, layer.bias, pattern, 0, 48, [1, 1], [1, 1])
+        with torch.no_grad():
+            fused = ops.conv(*args, True, True, res)
+            expected = torch.relu(layer.reference_forward(x) + res)
+            torch.testing.assert_close(fused, expected, rtol=1e-4, atol=1e-4)
+            torch.testing.assert_close(
+                ops.conv(*args, False, True, None), layer.reference_forward(x), rtol=1e-4, atol=1e-4
+            )
+        with pytest.raises(ValueError, match="residual of shape"):
+            ops.conv(*args, True, True, res[:, :, :4])
+    finally:
+        kernels.set_packing("auto")
+
+
+def test_struct_layout_and_abi_match_the_header() -> None:
+    """``PscArgs`` mirrors ``psc_args`` field for field, and the ABI versions agree."""
+    import re
+    from pathlib import Path
+
+    from psconv.kernels import binding
+
+    header = (Path(__file__).resolve().parents[1] / "csrc" / "psconv_kernels.h").read_text()
+    body = re.search(r"typedef struct \{(.*?)\} psc_args;", header, re.S).group(1)
+    body = re.sub(r"//[^\n]*", "", body)
+    names = []
+    for decl in body.split(";"):
+        decl = decl.strip()
+        if decl:
+            names += [re.sub(r"\[.*\]", "", n).strip().lstrip("*") for n in decl.split(",")]
+            names[-len(decl.split(",")) :] = [
+                n.split()[-1].lstrip("*") for n in names[-len(decl.split(",")) :]
+            ]
+    assert names == [name for name, _ in binding.PscArgs._fields_]
+    assert int(re.search(r"#define PSC_ABI_VERSION (\d+)", header).group(1)) == binding.ABI_VERSION
+    if binding.available():
+        assert binding.lib.psc_abi_version() == binding.ABI_VERSION

@@ -32,7 +32,7 @@ __all__ = [
 ]
 
 _PKG = Path(__file__).resolve().parent
-ABI_VERSION = 4
+ABI_VERSION = 5
 
 
 class PscArgs(ctypes.Structure):
@@ -61,6 +61,8 @@ class PscArgs(ctypes.Structure):
         ("outmap", ctypes.c_void_p),
         ("nout", ctypes.c_int),
         ("nfb", ctypes.c_int),
+        ("res", ctypes.c_void_p),
+        ("relu", ctypes.c_int),
     ]
 
 

@@ -52,10 +52,14 @@ def _args(plan: PlanTensors, geo: Any, B: int, cin: int, cout: int) -> binding.P
     return args
 
 
-def _set_pointers(args: binding.PscArgs, x: torch.Tensor, y: torch.Tensor, w: Any, bias: Any) -> None:
+def _set_pointers(
+    args: binding.PscArgs, x: torch.Tensor, y: torch.Tensor, w: Any, bias: Any, res: Any = None, relu: bool = False
+) -> None:
     args.x, args.y = x.data_ptr(), y.data_ptr()
     args.w = w.data_ptr() if w is not None else None
     args.bias = bias.data_ptr() if bias is not None else None
+    args.res = res.data_ptr() if res is not None else None
+    args.relu = int(relu)
 
 
 def _cl_float(t: torch.Tensor) -> torch.Tensor:
@@ -77,8 +81,10 @@ def conv_impl(
     padding: list[int],
     relu: bool,
     cache_packed: bool,
+    residual: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """``relu?(conv2d(x, W) + bias)`` where ``W`` is the mask of ``pattern`` filled with ``values``."""
+    """``relu?(conv2d(x, W) + bias + residual)`` where ``W`` is the mask of ``pattern`` filled
+    with ``values``; the bias, residual and ReLU are applied as the kernel stores its output."""
     x = x.contiguous(memory_format=_CL)
     B, Ci, H, W = x.shape
     Ho, Wo = out_size(H, stride[0], padding[0]), out_size(W, stride[1], padding[1])
@@ -91,9 +97,12 @@ def conv_impl(
     # Locals, not temporaries: the tensors must outlive the call that reads their pointers.
     packed = plan.packed(values, cache_packed)
     b = bias.detach().contiguous() if bias is not None else None
-    _set_pointers(args, x, out, packed, b)
+    res = _cl_float(residual) if residual is not None else None
+    if res is not None and res.shape != out.shape:
+        raise ValueError(f"residual of shape {tuple(res.shape)} does not match the output {tuple(out.shape)}")
+    _set_pointers(args, x, out, packed, b, res, relu)
     binding.conv(args)
-    return out.relu_() if relu else out
+    return out
 
 
 # The operator, and its Python body kept callable: eager inference calls the body directly,
@@ -102,7 +111,7 @@ conv = torch.library.custom_op("psconv::conv", conv_impl, mutates_args=())
 
 
 @conv.register_fake
-def _conv_fake(x, values, bias, pattern, seed, out_channels, stride, padding, relu, cache_packed):  # type: ignore[no-untyped-def]
+def _conv_fake(x, values, bias, pattern, seed, out_channels, stride, padding, relu, cache_packed, residual=None):  # type: ignore[no-untyped-def]
     B, _, H, W = x.shape
     Ho, Wo = out_size(H, stride[0], padding[0]), out_size(W, stride[1], padding[1])
     return x.new_empty((B, out_channels, Ho, Wo), dtype=torch.float32).contiguous(memory_format=_CL)
@@ -181,14 +190,14 @@ def _grad_weight_fake(x, grad, pattern, seed, nnz, stride, padding):  # type: ig
 
 
 def _setup_context(ctx: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
-    x, values, bias, pattern, seed, out_channels, stride, padding, relu, _ = inputs
+    x, values, bias, pattern, seed, out_channels, stride, padding, relu, _, residual = inputs
     ctx.save_for_backward(x, values, output if relu else None)
-    ctx.conf = (pattern, seed, stride, padding, relu, bias is not None)
+    ctx.conf = (pattern, seed, stride, padding, relu, bias is not None, residual is not None)
 
 
 def _backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
     x, values, output = ctx.saved_tensors
-    pattern, seed, stride, padding, relu, has_bias = ctx.conf
+    pattern, seed, stride, padding, relu, has_bias, has_residual = ctx.conf
     if relu:
         grad = grad * (output > 0)
     gx = gw = gb = None
@@ -199,7 +208,8 @@ def _backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
         gw = conv_grad_weight(x, grad, pattern, seed, values.shape[0], stride, padding)
     if has_bias and ctx.needs_input_grad[2]:
         gb = grad.sum(dim=(0, 2, 3))
-    return gx, gw, gb, None, None, None, None, None, None, None
+    gres = grad if has_residual and ctx.needs_input_grad[10] else None
+    return gx, gw, gb, None, None, None, None, None, None, None, gres
 
 
 conv.register_autograd(_backward, setup_context=_setup_context)
