@@ -87,5 +87,12 @@ def evaluate_checkpoint(
             f"{dataset} has {info.image_size}x{info.image_size} and {info.num_classes}"
         )
     data = load_dataset(dataset, data_dir, download_missing=download).subset(None, test_subset)
-    result = evaluate(ckpt.model, DeviceData(data.x_test, data.y_test, device, pad=0), batch_size)
+    from .inference import inference_form
+    from .inspect_checkpoint import normalization
+
+    model = inference_form(ckpt.model)  # folded BatchNorm, fused epilogues: same numbers, faster
+    mean, std = normalization(ckpt.meta)  # as the checkpoint was trained
+    result = evaluate(
+        model, DeviceData(data.x_test, data.y_test, device, mean=mean, std=std, pad=0), batch_size
+    )
     return {"checkpoint": str(path), "dataset": dataset, **ckpt.config, **result}

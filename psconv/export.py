@@ -1,6 +1,10 @@
-"""Export a checkpoint's model for other runtimes: ONNX or TorchScript.
+"""Export a checkpoint's model: ``pt2`` keeps the sparse speed; ONNX and TorchScript are dense.
 
-The exported graph is the *dense equivalent* (:func:`psconv.densify`, the fixed zeros written
+``pt2`` is the ``torch.export`` program of :func:`psconv.optimize_for_inference` (folded
+BatchNorm, fused epilogues) with psconv's operators (``torch.ops.psconv.conv``) in it: it runs at
+psconv's speed wherever psconv is installed (``import psconv`` registers the operators), batch
+size free. For runtimes without psconv, the ONNX and TorchScript graphs are the *dense
+equivalent* (:func:`psconv.densify`, the fixed zeros written
 into ordinary ``Conv`` weights). Inside an ONNX or TorchScript file the mask cannot be
 recomputed from the pattern spec, so a compact graph (free weights plus a scatter) would have to
 carry the scatter's int64 index, 8 bytes per kept weight: for VGG16 PSD1_P16 that is 9.9 MB of
@@ -35,7 +39,7 @@ from .profile import profile
 
 __all__ = ["EXPORT_FORMATS", "export_model", "export_metadata", "load_exported", "run_exported"]
 
-EXPORT_FORMATS = ("onnx", "torchscript")
+EXPORT_FORMATS = ("onnx", "torchscript", "pt2")
 
 
 def export_metadata(deploy: DeployModel) -> dict[str, Any]:
@@ -121,8 +125,36 @@ def _torchscript_bytes(dense: nn.Module, example: torch.Tensor, metadata: dict[s
     return buffer.getvalue()
 
 
+def _pt2_bytes(deploy: DeployModel, example: torch.Tensor, metadata: dict[str, Any]) -> bytes:
+    """The exported program of the inference form: psconv's sparse operators stay in it, so it
+    keeps the sparse speed (and needs psconv installed to run)."""
+    from .inference import optimize_for_inference
+
+    model = optimize_for_inference(deploy.model)
+    batch = torch.export.Dim("batch", min=1, max=1024)  # within the kernels' 32-bit pixel indices
+    example = example.expand(2, *example.shape[1:]).contiguous()  # a batch of 1 would be specialised
+    program = torch.export.export(model, (example,), dynamic_shapes=({0: batch},))
+    buffer = io.BytesIO()
+    torch.export.save(
+        program,
+        buffer,
+        extra_files={"psconv.json": json.dumps(dict(metadata, graph="sparse: psconv operators"))},
+    )
+    return buffer.getvalue()
+
+
 def load_exported(path: str | os.PathLike[str], fmt: str) -> Callable[[torch.Tensor], torch.Tensor]:
     """Load an exported file with its own runtime (onnxruntime or torch.jit); returns ``x -> logits``."""
+    if fmt == "pt2":
+        from . import kernels  # noqa: F401  (registers the psconv operators the program calls)
+
+        module = torch.export.load(str(path)).module()
+
+        def run_program(x: torch.Tensor) -> torch.Tensor:
+            with torch.no_grad():
+                return module(x)
+
+        return run_program
     if fmt == "onnx":
         import onnxruntime as ort
 
@@ -167,7 +199,8 @@ def export_model(
     force: bool = False,
     verify: bool = True,
 ) -> dict[str, Any]:
-    """Export a checkpoint's model (dense-equivalent graph, batch size free) to ONNX or TorchScript.
+    """Export a checkpoint's model (batch size free) as pt2 (sparse operators) or ONNX / TorchScript
+    (dense-equivalent graph).
 
     With ``verify`` the written file is run by its own runtime on a random batch and compared
     with psconv's model (skipped for ONNX when onnxruntime is not installed). Returns the
@@ -189,7 +222,10 @@ def export_model(
     metadata = deploy.export_metadata()
     size = deploy.image_size
     example = torch.zeros(1, 3, size, size)
-    payload = (_onnx_bytes if fmt == "onnx" else _torchscript_bytes)(deploy.dense(), example, metadata)
+    if fmt == "pt2":
+        payload = _pt2_bytes(deploy, example, metadata)
+    else:
+        payload = (_onnx_bytes if fmt == "onnx" else _torchscript_bytes)(deploy.dense(), example, metadata)
     _write_new_file(out_path, payload, force=force, protect=source)
     result = dict(metadata, file=str(out_path), file_bytes=len(payload), format=fmt)
     if verify:

@@ -63,6 +63,15 @@ class DeployModel:
             self._cache["dense"] = densify(self.model).eval()
         return self._cache["dense"]
 
+    def runner(self) -> nn.Module:
+        """The model in its inference form (:func:`psconv.optimize_for_inference`, computed once;
+        the model itself when torch.fx cannot trace it): what predictions run."""
+        if "runner" not in self._cache:
+            from .inference import inference_form
+
+            self._cache["runner"] = inference_form(self.model)
+        return self._cache["runner"]
+
     def export_metadata(self) -> dict[str, Any]:
         """:func:`psconv.export.export_metadata` of this model (computed once)."""
         if "metadata" not in self._cache:
@@ -238,7 +247,7 @@ def predict_files(
         if not pending:
             return
         x = normalize(np.stack([a for _, a in pending]), deploy.mean, deploy.std)
-        probs, finite = _scores(deploy.model, x)
+        probs, finite = _scores(deploy.runner(), x)
         values, indices = probs.topk(min(top_k, probs.shape[1]), dim=1)
         for (name, _), vals, idx, ok in zip(pending, values.tolist(), indices.tolist(), finite.tolist()):
             if not ok:

@@ -60,3 +60,19 @@ def test_bench_cli_quick_json(capsys, tmp_path):
 def test_peak_memory_probe():
     mem = bench._peak_memory("vgg16", "PS4_P4", "psconv", 2, 32, 1)
     assert mem["peak_rss_mib"] > 50 and mem["step_mib"] >= 0
+
+
+def test_deploy_rows_keep_every_anchor(tmp_path, capsys):
+    from psconv.cli import main
+
+    out = tmp_path / "deploy.json"
+    argv = ["bench", "--deploy", "--quick", "--models", "vgg16", "--patterns", "PSD1_P16"]
+    assert main([*argv, "--deploy-batches", "1", "2", "--output", str(out)]) == 0
+    rows = json.loads(out.read_text())["deploy"]
+    assert [r["batch"] for r in rows] == [1, 2]
+    for row in rows:
+        assert row["ours_ms"] > 0 and row["eager_dense_ms"] > 0 and row["compiled_dense_ms"] > 0
+        assert row["ort_dense_ms"] > 0 and row["speedup_vs_ort"] == pytest.approx(
+            row["ort_dense_ms"] / row["ours_ms"], rel=1e-2
+        )
+    assert "ORT dense" in capsys.readouterr().out

@@ -6,6 +6,7 @@ import argparse
 import json
 
 from ..bench import DEFAULT_MODELS, DEFAULT_PATTERNS, format_report, run_bench
+from ..bench_deploy import DEPLOY_BATCHES, bench_deploy, format_deploy
 from ..fileio import atomic_write
 
 
@@ -23,10 +24,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cases", nargs="+", default=["fwd1", "fwd", "train"], choices=["fwd1", "fwd", "train"])
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
     p.add_argument("--output", help="also write the JSON to this file")
+    p.add_argument(
+        "--deploy", action="store_true",
+        help="inference rows only: optimize_for_inference against the dense twin in ONNX Runtime, torch.compile and eager",
+    )  # fmt: skip
+    p.add_argument("--deploy-batches", type=int, nargs="+", default=list(DEPLOY_BATCHES), metavar="B")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.deploy:
+        return _run_deploy(args)
+
     def show(partial: dict) -> None:
         if not args.json:
             print(format_report(partial), flush=True)
@@ -49,4 +58,27 @@ def run(args: argparse.Namespace) -> int:
         atomic_write(args.output, text + "\n")
     if args.json:
         print(text)
+    return 0
+
+
+def _run_deploy(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..kernels import kernel_info
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    repeats = min(args.repeats, 2) if args.quick else args.repeats
+    rows = bench_deploy(list(args.models), list(args.patterns), batches=tuple(args.deploy_batches),
+                        image_size=args.image_size, repeats=repeats, threads=args.threads,
+                        target_s=0.01 if args.quick else 0.2)  # fmt: skip
+    info = kernel_info()
+    report = {
+        "machine": {"threads": torch.get_num_threads(), "kernels": info["isa"], "torch": torch.__version__}
+    }
+    report["deploy"] = rows
+    text = json.dumps(report, indent=2)
+    if args.output:
+        atomic_write(args.output, text + "\n")
+    print(text if args.json else format_deploy(rows))
     return 0

@@ -11,9 +11,12 @@ from ..export import EXPORT_FORMATS, export_model
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "export",
-        help="export a checkpoint to ONNX or TorchScript (dense-equivalent graph)",
+        help="export a checkpoint: pt2 (keeps the sparse speed) or ONNX / TorchScript (dense-equivalent)",
         description=(
-            "Export the model as a dense-equivalent graph (the pattern's zeros written into "
+            "pt2: the torch.export program of the inference form (folded BatchNorm, fused epilogues, "
+            "psconv's sparse operators: keeps the sparse speed, runs wherever psconv is installed; "
+            "torch.export.load(PATH).module()). onnx / torchscript: "
+            "a dense-equivalent graph (the pattern's zeros written into "
             "ordinary convolutions: runs on every runtime; pattern, params and MACs are in the "
             "file's metadata). Input: float32 [N, 3, S, S] normalised RGB; output: logits. The "
             "written file is run by its runtime and compared with psconv's model. An existing "
@@ -21,7 +24,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         ),
     )
     p.add_argument("--checkpoint", required=True, metavar="FILE", help="a psconv checkpoint")
-    p.add_argument("--format", required=True, choices=EXPORT_FORMATS, help="onnx or torchscript")
+    p.add_argument("--format", required=True, choices=EXPORT_FORMATS, help="pt2, onnx or torchscript")
     p.add_argument("--out", required=True, metavar="PATH", help="file to write")
     p.add_argument("--force", action="store_true", help="overwrite PATH if it exists")
     p.add_argument("--no-verify", action="store_true", help="do not run the exported file to check it")
@@ -40,7 +43,8 @@ def run(args: argparse.Namespace) -> int:
         else "; not verified"
     )
     print(
-        f"wrote {result['file']} ({args.format}, {result['file_bytes']:,} bytes, dense-equivalent graph): "
+        f"wrote {result['file']} ({args.format}, {result['file_bytes']:,} bytes, "
+        f"{'sparse operators' if args.format == 'pt2' else 'dense-equivalent graph'}): "
         f"{result['model']} {result['pattern']}, {result['params']:,} params, {result['macs']:,} MACs{check}"
     )
     return 0

@@ -53,7 +53,13 @@ def _args(plan: PlanTensors, geo: Any, B: int, cin: int, cout: int) -> binding.P
 
 
 def _set_pointers(
-    args: binding.PscArgs, x: torch.Tensor, y: torch.Tensor, w: Any, bias: Any, res: Any = None, relu: bool = False
+    args: binding.PscArgs,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    w: Any,
+    bias: Any,
+    res: Any = None,
+    relu: bool = False,
 ) -> None:
     args.x, args.y = x.data_ptr(), y.data_ptr()
     args.w = w.data_ptr() if w is not None else None
@@ -111,7 +117,9 @@ conv = torch.library.custom_op("psconv::conv", conv_impl, mutates_args=())
 
 
 @conv.register_fake
-def _conv_fake(x, values, bias, pattern, seed, out_channels, stride, padding, relu, cache_packed, residual=None):  # type: ignore[no-untyped-def]
+def _conv_fake(
+    x, values, bias, pattern, seed, out_channels, stride, padding, relu, cache_packed, residual=None
+):  # type: ignore[no-untyped-def]
     B, _, H, W = x.shape
     Ho, Wo = out_size(H, stride[0], padding[0]), out_size(W, stride[1], padding[1])
     return x.new_empty((B, out_channels, Ho, Wo), dtype=torch.float32).contiguous(memory_format=_CL)

@@ -1,0 +1,225 @@
+"""The inference form of a model: :func:`optimize_for_inference`.
+
+What it does to a copy of the model (the original is left untouched), over its ``torch.fx``
+graph:
+
+- **BatchNorm folded** into the convolution before it (eval statistics): a per-output-channel
+  scale of every kept weight plus a bias, so a sparse layer stays pattern-sparse with the same
+  free weights;
+- **ReLU and the residual add fused** into a sparse convolution's output epilogue (the kernel
+  adds bias and residual and clamps as it stores: ``relu(conv(x) + bias + shortcut)``, no
+  separate pass over memory);
+- **dense convolutions** (the first layer, 1x1 shortcuts) get their BatchNorm folded too and
+  channels-last weights, which keeps them on oneDNN's fast path for the channels-last
+  activations the sparse kernels produce.
+
+Outputs equal the original model's in eval mode within float tolerance. Models that
+``torch.fx`` cannot trace are refused with the reason.
+"""
+
+from __future__ import annotations
+
+import copy
+import operator
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+from . import kernels
+from .layers import PSConv2d
+
+__all__ = ["optimize_for_inference", "inference_form", "FusedPSConv2d"]
+
+
+class FusedPSConv2d(PSConv2d):
+    """A sparse conv with BatchNorm folded in and, optionally, ReLU and a residual add fused
+    into its output: ``forward(x, residual=None)``."""
+
+    relu: bool = False
+
+    @classmethod
+    def from_layer(cls, layer: PSConv2d) -> FusedPSConv2d:
+        fused = copy.copy(layer)
+        fused.__class__ = cls
+        fused.relu = False
+        return fused
+
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:  # type: ignore[override]
+        if kernels.uses_fast(self, x):
+            args = (x, self.weight_values, self.bias, self.pattern.name, self.seed, self.out_channels,
+                    list(self.stride), list(self.padding), self.relu, True, residual)  # fmt: skip
+            if type(x) is torch.Tensor and not torch.compiler.is_compiling():
+                return kernels.ops.conv_impl(*args)
+            return kernels.ops.conv(*args)
+        out = self.reference_forward(x)
+        if residual is not None:
+            out = out + residual
+        return F.relu(out) if self.relu else out
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", relu={self.relu}"
+
+
+class _Tracer(fx.Tracer):
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return isinstance(m, PSConv2d) or super().is_leaf_module(m, qualname)
+
+
+def _fold_scale(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale, shift) with bn(y) == y * scale + shift per channel, in eval mode."""
+    scale = bn.weight.detach() / torch.sqrt(bn.running_var + bn.eps)
+    return scale, bn.bias.detach() - bn.running_mean * scale
+
+
+@torch.no_grad()
+def _fold_into_sparse(conv: PSConv2d, bn: nn.BatchNorm2d) -> FusedPSConv2d:
+    fused = FusedPSConv2d.from_layer(conv)
+    scale, shift = _fold_scale(bn)
+    filters = conv.flat_index // (conv.in_channels * conv.kernel_size[0] * conv.kernel_size[1])
+    fused.weight_values = nn.Parameter(conv.weight_values.detach() * scale[filters])
+    bias = conv.bias.detach() if conv.bias is not None else torch.zeros_like(shift)
+    fused.bias = nn.Parameter(bias * scale + shift)
+    return fused
+
+
+@torch.no_grad()
+def _fold_into_dense(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
+    fused = copy.deepcopy(conv)
+    scale, shift = _fold_scale(bn)
+    fused.weight = nn.Parameter(conv.weight.detach() * scale.view(-1, 1, 1, 1))
+    bias = conv.bias.detach() if conv.bias is not None else torch.zeros_like(shift)
+    fused.bias = nn.Parameter(bias * scale + shift)
+    return fused
+
+
+def _is_module(node: fx.Node, modules: dict[str, nn.Module], kind: type | tuple[type, ...]) -> bool:
+    return node.op == "call_module" and isinstance(modules.get(str(node.target)), kind)
+
+
+def _is_relu(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
+    if _is_module(node, modules, nn.ReLU):
+        return True
+    if node.op == "call_function" and node.target in (F.relu, torch.relu):
+        return True
+    return node.op == "call_method" and node.target in ("relu", "relu_")
+
+
+def _is_add(node: fx.Node) -> bool:
+    return (
+        node.op == "call_function"
+        and node.target in (operator.add, torch.add, operator.iadd)
+        and len(node.args) == 2
+    )
+
+
+def _set_module(gm: fx.GraphModule, name: str, module: nn.Module) -> None:
+    parent, _, leaf = name.rpartition(".")
+    setattr(gm.get_submodule(parent) if parent else gm, leaf, module)
+
+
+def _fold_batchnorms(gm: fx.GraphModule) -> None:
+    modules = dict(gm.named_modules())
+    for node in list(gm.graph.nodes):
+        if not _is_module(node, modules, nn.BatchNorm2d) or len(node.args) != 1:
+            continue
+        conv = node.args[0]
+        if not isinstance(conv, fx.Node) or len(conv.users) != 1:
+            continue
+        if _is_module(conv, modules, PSConv2d):
+            _set_module(
+                gm, str(conv.target), _fold_into_sparse(modules[str(conv.target)], modules[str(node.target)])
+            )
+        elif _is_module(conv, modules, nn.Conv2d):
+            _set_module(
+                gm, str(conv.target), _fold_into_dense(modules[str(conv.target)], modules[str(node.target)])
+            )
+        else:
+            continue
+        node.replace_all_uses_with(conv)
+        gm.graph.erase_node(node)
+        modules = dict(gm.named_modules())
+
+
+def _fuse_epilogues(gm: fx.GraphModule) -> None:
+    """relu(conv(x)) and relu(conv(x) + shortcut) into one call of a fused sparse conv."""
+    modules = dict(gm.named_modules())
+    for node in list(gm.graph.nodes):
+        if not _is_relu(node, modules) or not isinstance(node.args[0], fx.Node):
+            continue
+        src, residual = node.args[0], None
+        if _is_add(src) and len(src.users) == 1:
+            a, b = src.args
+            for conv, other in ((a, b), (b, a)):
+                if (
+                    isinstance(conv, fx.Node)
+                    and _is_module(conv, modules, FusedPSConv2d)
+                    and len(conv.users) == 1
+                ):
+                    if isinstance(other, fx.Node):
+                        src, residual = conv, other
+                        break
+        if not (_is_module(src, modules, FusedPSConv2d) and len(src.users) == 1):
+            continue
+        module = modules[str(src.target)]
+        if module.relu:
+            continue
+        module.relu = True
+        if residual is not None:
+            add = next(iter(src.users))
+            src.args = (src.args[0], residual)
+            if _order(gm)[residual] > _order(gm)[src]:
+                residual.append(src)  # the shortcut is computed after the conv: run the conv later
+            add.replace_all_uses_with(src)
+            gm.graph.erase_node(add)
+        node.replace_all_uses_with(src)
+        gm.graph.erase_node(node)
+
+
+def _order(gm: fx.GraphModule) -> dict[fx.Node, int]:
+    return {n: i for i, n in enumerate(gm.graph.nodes)}
+
+
+def _wrap_sparse(gm: fx.GraphModule) -> None:
+    """Sparse convs without a BatchNorm still take the fused form (no ReLU): one code path."""
+    for name, module in list(gm.named_modules()):
+        if isinstance(module, PSConv2d) and not isinstance(module, FusedPSConv2d):
+            _set_module(gm, name, FusedPSConv2d.from_layer(module))
+
+
+def optimize_for_inference(model: nn.Module) -> nn.Module:
+    """An eval-only copy of ``model`` with BatchNorm folded, ReLU and residual adds fused into
+    the sparse convolutions, and dense convs in channels-last (see the module doc)."""
+    model = copy.deepcopy(model).eval()
+    try:
+        gm = fx.GraphModule(model, _Tracer().trace(model))
+    except Exception as exc:  # fx raises many types for untraceable Python
+        raise ValueError(
+            f"optimize_for_inference: torch.fx cannot trace this model ({type(exc).__name__}: {exc})"
+        ) from None
+    _fold_batchnorms(gm)
+    _wrap_sparse(gm)
+    _fuse_epilogues(gm)
+    gm.graph.eliminate_dead_code()
+    gm.graph.lint()
+    gm.delete_all_unused_submodules()
+    gm.recompile()
+    for module in gm.modules():
+        if type(module) is nn.Conv2d:
+            module.to(memory_format=torch.channels_last)
+    config: Any = getattr(model, "psconv_config", None)
+    if config is not None:
+        gm.psconv_config = config  # type: ignore[assignment]
+    for p in gm.parameters():
+        p.requires_grad_(False)
+    return gm.eval()
+
+
+def inference_form(model: nn.Module) -> nn.Module:
+    """:func:`optimize_for_inference` where torch.fx can trace the model, else the model in eval
+    mode (for ``predict`` and ``eval``, which must run any checkpoint)."""
+    try:
+        return optimize_for_inference(model)
+    except ValueError:
+        return model.eval()

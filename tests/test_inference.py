@@ -1,0 +1,94 @@
+"""The inference form: folded BatchNorm, fused epilogues, same outputs, original untouched."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import psconv
+import psconv.cli
+from psconv.inference import FusedPSConv2d, optimize_for_inference
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _trained_like(model: nn.Module) -> nn.Module:
+    """O(1) weights and non-trivial BatchNorm statistics, as after training."""
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_var.uniform_(0.5, 2.0, generator=g)
+                m.running_mean.normal_(0.0, 0.2, generator=g)
+    return model.eval()
+
+
+@pytest.mark.parametrize(
+    ("name", "pattern"),
+    [
+        ("vgg16", "PSD1_P16"),
+        ("resnet18", "PS1_P9"),
+        ("resnet18", "PSD4_P8"),
+        ("mobilenetv2", "dense"),
+        ("shufflenet", "dense"),
+    ],
+)
+def test_same_outputs_folded_and_fused(name: str, pattern: str) -> None:
+    model = _trained_like(psconv.create_model(name, pattern))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    fast = optimize_for_inference(model)
+    x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected, got = model(x), fast(x)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4 * float(expected.abs().max()))
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # untouched
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in fast.modules())  # every BN folded
+    graph = fast.graph
+    modules = dict(fast.named_modules())
+    relus_after_sparse = [
+        n for n in graph.nodes
+        if "relu" in str(n.target) and any(isinstance(modules.get(str(a.target)), psconv.PSConv2d) for a in n.all_input_nodes)
+    ]  # fmt: skip
+    assert not relus_after_sparse  # every ReLU after a sparse conv is fused into it
+    if name == "resnet18":  # relu(bn2(conv2(x)) + shortcut) is one fused sparse conv per block
+        fused = [m for m in fast.modules() if isinstance(m, FusedPSConv2d)]
+        assert len(fused) == 16 and all(m.relu for m in fused)
+        assert sum(1 for n in graph.nodes if n.op == "call_module" and len(n.args) == 2) == 8
+
+
+def test_untraceable_model_is_refused_with_the_reason() -> None:
+    class Branchy(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x if x.sum() > 0 else -x
+
+    with pytest.raises(ValueError, match="torch.fx cannot trace this model"):
+        optimize_for_inference(Branchy())
+
+
+def test_pt2_export_reloads_in_a_fresh_process(tmp_path: Path) -> None:
+    model = _trained_like(psconv.create_model("resnet18", "PSD2_P8"))
+    ckpt = psconv.save(model, tmp_path / "m.safetensors", dataset="cifar10")
+    out = tmp_path / "m.pt2"
+    assert psconv.cli.main(["export", "--checkpoint", str(ckpt), "--format", "pt2", "--out", str(out)]) == 0
+    x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    torch.save(x, tmp_path / "x.pt")
+    code = (
+        "import sys, torch, psconv\n"
+        f"m = torch.export.load({str(out)!r}).module()\n"
+        f"x = torch.load({str(tmp_path / 'x.pt')!r})\n"
+        f"torch.save(m(x), {str(tmp_path / 'y.pt')!r})\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    with torch.no_grad():
+        expected = model(x)
+    torch.testing.assert_close(
+        torch.load(tmp_path / "y.pt"), expected, rtol=1e-4, atol=1e-4 * float(expected.abs().max())
+    )
