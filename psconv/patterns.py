@@ -1,7 +1,7 @@
 """Kernel patterns: parse a spec string and build the boolean mask of a layer.
 
 Pure functions only (no nn.Module). The mask is a function of (spec, shape, seed), so a
-checkpoint never needs to store an index: see ``../shared/reference/README.md``.
+checkpoint never needs to store an index (Kundu et al. 2020; the project README has the rules).
 
 Spec grammar (3x3 kernels, positions 0..8 row-major):
 

@@ -125,6 +125,64 @@ def _outmap(filt: np.ndarray, A: int) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(recs, dtype=np.int32).reshape(-1, OUTMAP_STRIDE))
 
 
+def _lanes(
+    mask: np.ndarray, bcast: int, wrap: bool | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:
+    """(filter of each block lane [nfb, 16], channel offset of each lane, diagonals, wrap)."""
+    A, Bd, _ = mask.shape
+    j = np.arange(16)
+    if bcast:
+        period = additive_period(mask)
+        if bcast != 2 or period is None:
+            raise ValueError("pair-broadcast packing needs a mask periodic in a + b")
+        return pair_lanes(A, period), j % 2, np.arange(-1, Bd), False
+    nfb = (A + 15) // 16
+    a = (np.arange(nfb)[:, None] * 16 + 15 - j[None, :]).astype(np.int64)  # [nfb, 16]
+    # Wrapping diagonals around the channel axis avoids half-empty diagonals at the ends; for
+    # periodic patterns with m | B it changes no tap set. Otherwise (period 9 on 64 channels)
+    # the wrapped tails need two taps and two loads: keep whichever loads less.
+    if wrap is None:
+        wrap = Bd >= 16 and 0.9 * _load_cost(mask, True) <= _load_cost(mask, False)
+    return np.where(a < A, a, -1), j, (np.arange(0, Bd) if wrap else np.arange(-15, Bd)), wrap
+
+
+def _block_groups(codes: np.ndarray, max_f: int) -> list[list[int]]:
+    """Blocks with identical per-diagonal tap sets share every segment: groups of up to 4."""
+    by_sig: dict[bytes, list[int]] = {}
+    for fb in range(codes.shape[0]):
+        by_sig.setdefault(codes[fb].tobytes(), []).append(fb)
+    block_groups: list[list[int]] = []
+    for fbs in by_sig.values():
+        i = 0
+        while i < len(fbs):
+            rest = len(fbs) - i
+            f = 4 if rest >= 4 and max_f >= 4 else (2 if rest >= 2 and max_f >= 2 else 1)
+            block_groups.append(fbs[i : i + f])
+            i += f
+    return sorted(block_groups, key=lambda g: g[0])
+
+
+def _segments(
+    code: np.ndarray, d_all: np.ndarray, Bd: int, wrap: bool, bcast: int
+) -> list[tuple[int, np.ndarray, int]]:
+    """One segment per tap, diagonals ascending (long inner loops, sequential input reads):
+    (tap, diagonal indices, how many of them are full-width)."""
+    out = []
+    for t in range(9):
+        dsel = np.nonzero((code >> t) & 1)[0]
+        if len(dsel) == 0:
+            continue
+        dv = d_all[dsel]
+        # Full-width diagonals first: the kernels run them on plain loads and only the rest
+        # (straddling the channel end, or the partial ones of an unwrapped plan) masked.
+        if bcast:
+            full = (dv >= 0) & (dv <= Bd - 2)
+        else:
+            full = dv <= Bd - 16 if wrap else (dv >= 0) & (dv <= Bd - 16)
+        out.append((t, np.concatenate([dsel[full], dsel[~full]]), int(full.sum())))
+    return out
+
+
 def build_weight_plan(
     mask: np.ndarray, vidx: np.ndarray, max_f: int = 4, wrap: bool | None = None, bcast: int = 0
 ) -> WeightPlan:
@@ -136,86 +194,30 @@ def build_weight_plan(
     A, Bd, _ = mask.shape
     nnz = int(mask.sum())
     j = np.arange(16)
-    if bcast:
-        period = additive_period(mask)
-        if bcast != 2 or period is None:
-            raise ValueError("pair-broadcast packing needs a mask periodic in a + b")
-        a = pair_lanes(A, period)
-        nfb = a.shape[0]
-        coff = j % 2
-        wrap = False
-        d_all = np.arange(-1, Bd)
-    else:
-        nfb = (A + 15) // 16
-        a = (np.arange(nfb)[:, None] * 16 + 15 - j[None, :]).astype(np.int64)  # [nfb, 16]
-        a = np.where(a < A, a, -1)
-        coff = j
-        # Wrapping diagonals around the channel axis avoids half-empty diagonals at the ends;
-        # for periodic patterns with m | B it changes no tap set. Otherwise (period 9 on 64
-        # channels) the wrapped tails need two taps and two loads: keep whichever loads less.
-        if wrap is None:
-            wrap = Bd >= 16 and 0.9 * _load_cost(mask, True) <= _load_cost(mask, False)
-        d_all = np.arange(0, Bd) if wrap else np.arange(-15, Bd)
+    a, coff, d_all, wrap = _lanes(mask, bcast, wrap)
     b = d_all[:, None] + coff[None, :]  # [nd, 16]
     if wrap:
         b = b % Bd
-    a_ok = a >= 0
-    b_ok = (b >= 0) & (b < Bd)
-    ac = np.clip(a, 0, A - 1)
-    bc = np.clip(b, 0, Bd - 1)
-    ok = a_ok[:, None, :] & b_ok[None, :, :]  # [nfb, nd, 16]
+    ac, bc = np.clip(a, 0, A - 1), np.clip(b, 0, Bd - 1)
+    ok = (a >= 0)[:, None, :] & ((b >= 0) & (b < Bd))[None, :, :]  # [nfb, nd, 16]
     m = mask[ac[:, None, :], bc[None, :, :]] & ok[..., None]  # [nfb, nd, 16, 9]
-    tapsets = m.any(axis=2)  # [nfb, nd, 9]
-    codes = (tapsets * (1 << np.arange(9))).sum(-1)  # [nfb, nd]
+    codes = (m.any(axis=2) * (1 << np.arange(9))).sum(-1)  # tap set per block and diagonal
     vi = np.where(ok[..., None], vidx[ac[:, None, :], bc[None, :, :]], -1)  # [nfb, nd, 16, 9]
     vi = np.where(vi < 0, nnz, vi)
-
-    # Blocks with identical per-diagonal tap sets share every segment: group them.
-    by_sig: dict[bytes, list[int]] = {}
-    for fb in range(nfb):
-        by_sig.setdefault(codes[fb].tobytes(), []).append(fb)
-    block_groups: list[list[int]] = []
-    for fbs in by_sig.values():
-        i = 0
-        while i < len(fbs):
-            rest = len(fbs) - i
-            f = 4 if rest >= 4 and max_f >= 4 else (2 if rest >= 2 and max_f >= 2 else 1)
-            block_groups.append(fbs[i : i + f])
-            i += f
-    block_groups.sort(key=lambda g: g[0])
-
     groups, segs, ents, gathers = [], [], [], []
-    woff16 = 0
-    executed = 0
-    for fbs in block_groups:
+    woff16 = executed = 0
+    for fbs in _block_groups(codes, max_f):
         F = len(fbs)
-        code = codes[fbs[0]]
-        seg_begin = len(segs)
-        ent_begin = len(ents)
-        e_local = 0
+        seg_begin, ent_begin, e_local = len(segs), len(ents), 0
         t_parts, d_parts = [], []
-        # One segment per tap, diagonals ascending: long inner loops, sequential input reads.
-        for t in range(9):
-            dsel = np.nonzero((code >> t) & 1)[0]
-            if len(dsel) == 0:
-                continue
-            dv = d_all[dsel]
-            # Full-width diagonals first: the kernels run them on plain loads and only the rest
-            # (straddling the channel end, or the partial ones of an unwrapped plan) masked.
-            if bcast:
-                full = (dv >= 0) & (dv <= Bd - 2)
-            else:
-                full = dv <= Bd - 16 if wrap else (dv >= 0) & (dv <= Bd - 16)
-            dsel = np.concatenate([dsel[full], dsel[~full]])
-            nsplit = int(full.sum())
+        for t, dsel, nsplit in _segments(codes[fbs[0]], d_all, Bd, wrap, bcast):
             segs.append((t, e_local, len(dsel), nsplit, 0))
             t_parts.append(np.full(len(dsel), t))
             d_parts.append(dsel)
             e_local += len(dsel)
         if e_local == 0:
             continue
-        t_arr = np.concatenate(t_parts)
-        di_arr = np.concatenate(d_parts)
+        t_arr, di_arr = np.concatenate(t_parts), np.concatenate(d_parts)
         ents.extend(zip(t_arr.tolist(), d_all[di_arr].tolist()))
         # gather[e, f, j] = vi[fbs[f], d_e, j, t_e]
         g = vi[np.asarray(fbs)[None, :, None], di_arr[:, None, None], j[None, None, :], t_arr[:, None, None]]
@@ -223,37 +225,19 @@ def build_weight_plan(
         groups.append((F, *(fbs + [0] * (4 - F)), seg_begin, len(segs), ent_begin, len(ents), woff16))
         woff16 += e_local * F
         executed += e_local * F * 16
-    total = woff16 * 16
     gather = np.concatenate(gathers) if gathers else np.zeros(0, dtype=np.int64)
     return WeightPlan(
         groups=np.ascontiguousarray(np.asarray(groups, dtype=np.int32).reshape(-1, GRP_STRIDE)),
         segs=np.ascontiguousarray(np.asarray(segs, dtype=np.int32).reshape(-1, SEG_STRIDE)),
         ents=np.ascontiguousarray(np.asarray(ents, dtype=np.int32).reshape(-1, 2)),
         gather=gather.astype(np.int64),
-        total=total,
+        total=woff16 * 16,
         executed_macs_per_pixel=executed,
         needed_macs_per_pixel=nnz,
         wrap=wrap,
         bcast=bcast,
         outmap=_outmap(a, A) if bcast else None,
     )
-
-
-def conv_plans(mask: np.ndarray) -> tuple[WeightPlan, WeightPlan]:
-    """Forward plan (lanes over filters) and grad-input plan (lanes over input channels).
-
-    ``mask`` is the layer's bool mask [Co, Ci, 9]; value indices follow the row-major order of
-    the kept positions, the order of ``PSConv2d.weight_values``.
-    """
-    flat = mask.reshape(-1)
-    vidx = np.full(flat.shape, -1, dtype=np.int64)
-    vidx[flat] = np.arange(int(flat.sum()))
-    vidx = vidx.reshape(mask.shape)
-    fwd = build_weight_plan(mask, vidx)
-    bwd = build_weight_plan(
-        np.ascontiguousarray(mask.transpose(1, 0, 2)), np.ascontiguousarray(vidx.transpose(1, 0, 2))
-    )
-    return fwd, bwd
 
 
 def build_geometry(mode: int, H: int, W: int, stride: tuple[int, int], pad: tuple[int, int]) -> GeometryPlan:
