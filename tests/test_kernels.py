@@ -437,3 +437,17 @@ def test_weight_gradient_is_bit_reproducible(threshold, monkeypatch):
     finally:
         torch.set_num_threads(threads)
     assert all(torch.equal(grads[0], g) for g in grads[1:])
+
+
+@needs_kernels
+def test_auto_stays_on_onednn_where_the_model_is_uncalibrated():
+    """On the portable build (a CPU the efficiency model was not calibrated on) 'auto' never
+    picks the compiled kernels; 'fast' still can."""
+    code = (
+        "import torch; from psconv import kernels; from psconv.layers import PSConv2d\n"
+        "l = PSConv2d(64, 64, pattern='PSD1_P16'); x = torch.randn(1, 64, 8, 8)\n"
+        "a = kernels.uses_fast(l, x); kernels.set_backend('fast'); print(a, kernels.uses_fast(l, x))"
+    )
+    assert _run_py(code, PSCONV_KERNEL_ISA="generic") == "False True"
+    if kernels.kernel_info()["isa"] == "avx512":
+        assert _run_py(code) == "True True"  # calibrated here: the model predicts a clear win

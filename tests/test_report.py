@@ -10,10 +10,14 @@ from psconv.report import complexity_rows, read_run, write_report
 PAPER = Path(__file__).resolve().parents[2] / "shared" / "reference" / "paper-results.csv"
 
 
-def fake_run(root: Path, name: str, model: str, pattern: str, accs: list[float]) -> Path:
-    """A run folder in the format psconv train writes (config.json + metrics.csv)."""
+def fake_run(
+    root: Path, name: str, model: str, pattern: str, accs: list[float], finished: bool = True
+) -> Path:
+    """A run folder in the format psconv train writes (config.json, metrics.csv, summary.json)."""
     folder = root / name
     folder.mkdir()
+    if finished:
+        (folder / "summary.json").write_text(json.dumps({"final_top1": accs[-1], "epochs": len(accs)}))
     (folder / "config.json").write_text(
         json.dumps({"model": model, "pattern": pattern, "dataset": "cifar10"})
     )
@@ -39,8 +43,13 @@ def test_read_run_refuses_other_folders(tmp_path: Path) -> None:
 
 def test_report_writes_tables_and_figures(tmp_path: Path) -> None:
     runs = [
-        fake_run(tmp_path, "dense", "vgg16", "dense", [50.0, 60.0]),
-        fake_run(tmp_path, "psd1", "vgg16", "PSD1_P16", [45.0, 58.0]),
+        fake_run(tmp_path, "dense-s0", "vgg16", "dense", [50.0, 60.0]),
+        fake_run(tmp_path, "dense-s1", "vgg16", "dense", [51.0, 62.0]),
+        fake_run(tmp_path, "psd1-s0", "vgg16", "PSD1_P16", [45.0, 58.0]),
+        fake_run(tmp_path, "psd1-s1", "vgg16", "PSD1_P16", [46.0, 57.0]),
+        fake_run(tmp_path, "r18", "resnet18", "PSD1_P16", [40.0, 61.0]),
+        fake_run(tmp_path, "mbv2", "mobilenetv2", "dense", [41.0, 59.0]),
+        fake_run(tmp_path, "unfinished", "vgg16", "PS1_P9", [30.0], finished=False),
     ]
     timings = tmp_path / "t.json"
     timings.write_text(json.dumps([{"model": "vgg16", "pattern": "PSD1_P16", "train_step_b128_ms": 400.0}]))
@@ -48,14 +57,35 @@ def test_report_writes_tables_and_figures(tmp_path: Path) -> None:
     paper = PAPER if PAPER.exists() else None
     result = write_report(runs, out, paper=paper, timings=timings)
     text = (out / "report.md").read_text()
-    assert "| vgg16 | PSD1_P16 | cifar10 |" in text and "0.0537" in text and "Horowitz" in text
+    assert "0.0537" in text and "Horowitz" in text and "final epoch" in text
+    variants = {(v["model"], v["pattern"]): v for v in result["variants"]}
+    assert ("vgg16", "PS1_P9") not in variants  # an unfinished run is not a result
+    psd1 = variants[("vgg16", "PSD1_P16")]
+    assert (
+        psd1["seeds"] == 2
+        and psd1["final_top1"] == 57.5
+        and psd1["final_std"] == pytest.approx(0.71, abs=0.01)
+    )
+    assert psd1["gap_to_dense"] == 57.5 - 61.0
+    if paper:
+        assert psd1["paper_gap"] == round(89.84 - 92.78, 2)
+        assert variants[("mobilenetv2", "dense")]["paper_top1"] == 90.35
     rows = {r["run"]: r for r in csv.DictReader((out / "runs.csv").open())}
-    assert float(rows["psd1"]["best_top1"]) == 58.0
-    assert float(rows["psd1"]["train_step_b128_ms"]) == 400.0
+    assert float(rows["psd1-s0"]["final_top1"]) == 58.0
+    assert float(rows["psd1-s0"]["train_step_b128_ms"]) == 400.0
     pytest.importorskip("matplotlib")
     names = sorted(Path(f).name for f in result["figures"])
     assert names == ["accuracy_vs_macs.png", "accuracy_vs_time.png", "training_curves.png"]
     assert all((out / n).read_bytes()[:4] == b"\x89PNG" for n in names)
+
+
+def test_labels_never_overlap() -> None:
+    from psconv.report_figures import _spread_labels
+
+    placed = _spread_labels([90.0, 90.1, 90.05, 80.0], gap=1.0)
+    ordered = sorted(placed)
+    assert all(b - a >= 1.0 - 1e-9 for a, b in zip(ordered, ordered[1:]))
+    assert abs(sum(placed) - sum([90.0, 90.1, 90.05, 80.0])) < 1e-9  # centred on the points
 
 
 def test_complexity_rows_cover_both_datasets() -> None:

@@ -41,8 +41,16 @@ def fast_supported(layer: PSConv2d, x: torch.Tensor) -> str | None:
     return None
 
 
+# The instruction sets the efficiency model was calibrated on. Elsewhere (the portable build,
+# forced or on a CPU without AVX-512) 'auto' has no basis to expect a win, so it stays on
+# oneDNN: the portable kernels emulate 16-lane vectors and measured slower than oneDNN there.
+CALIBRATED_ISAS = ("avx512",)
+
+
 @functools.lru_cache(maxsize=4096)
 def _auto_wins(pattern: str, out_channels: int, in_channels: int, seed: int) -> bool:
+    if binding.isa() not in CALIBRATED_ISAS:
+        return False
     return expected_speedup(pattern, out_channels, in_channels, seed) >= switches.AUTO_MIN_RATIO
 
 
