@@ -22,7 +22,7 @@ inline V vadd(V a, V b) { return _mm512_add_ps(a, b); }
 inline V epilogue(V r, const psc_epi& e, long at, __mmask16 m) {
     if (e.bias) r = _mm512_add_ps(r, _mm512_maskz_loadu_ps(m, e.bias));
     if (e.res) r = _mm512_add_ps(r, _mm512_maskz_loadu_ps(m, e.res + at));
-    if (e.relu) r = _mm512_max_ps(r, _mm512_setzero_ps());
+    if (e.relu) r = _mm512_max_ps(_mm512_setzero_ps(), r);  // this operand order keeps NaN (as torch.relu)
     return r;
 }
 inline void vstore_out(float* dst, V v, const psc_epi& e, long at, int nv) {
