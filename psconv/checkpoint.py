@@ -245,7 +245,10 @@ def read_header(path: str | os.PathLike[str]) -> dict[str, Any]:
     else:
         with _safe_open(path) as handle:
             parts = _open_metadata(handle, name)
-            table = _table(handle)
+            try:
+                table = _table(handle)
+            except (SafetensorError, TypeError, ValueError, RuntimeError) as exc:
+                raise CheckpointError(f"checkpoint {name!r} has a corrupt tensor table ({exc})") from None
         header = {k: parts[k] for k in ("config", "sparse_layers", "meta")}
         state = sorted(k for k in table if not k.startswith(EXTRA_PREFIX))
         header |= {"tensors": table, "state": state, "format_version": FORMAT_VERSION}
@@ -278,7 +281,13 @@ def _read_all(path: Path) -> dict[str, Any]:
         parts = _open_metadata(handle, name)
         # safetensors has checked that the offsets tile the file, so every tensor's size is
         # bounded by the file's: reading them cannot be made to allocate more than that.
-        tensors = {k: handle.get_tensor(k) for k in handle.keys()}
+        try:
+            tensors = {k: handle.get_tensor(k) for k in handle.keys()}
+        except (SafetensorError, TypeError, ValueError, RuntimeError) as exc:
+            detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise CheckpointError(
+                f"checkpoint {name!r} holds a tensor this psconv cannot read ({detail})"
+            ) from None
     if parts["crc32"] != str(_checksum(tensors)):
         raise CheckpointError(f"checkpoint {name!r} is corrupt (data checksum mismatch)")
     try:

@@ -31,6 +31,7 @@ Choices the paper leaves open:
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import time
 from collections.abc import Callable
@@ -235,9 +236,11 @@ def _check_run_dir(config: TrainConfig, run_dir: Path, resume: bool) -> None:
         stored = run_dir / "config.json"
         if not stored.is_file():
             raise FileNotFoundError(f"nothing to resume: {str(stored)!r} does not exist")
-        import json
-
-        check_resumable(config, json.loads(stored.read_text()), run_dir)
+        try:
+            stored_config = json.loads(stored.read_text())
+        except json.JSONDecodeError:
+            raise ValueError(f"{str(stored)!r} is not valid JSON") from None
+        check_resumable(config, stored_config, run_dir)
     elif any((run_dir / n).exists() for n in (LAST, "last.ckpt", "metrics.csv")):
         raise ValueError(
             f"run folder {str(run_dir)!r} already holds a run: pass --resume to continue it, or choose another --out"
