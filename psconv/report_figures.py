@@ -112,7 +112,7 @@ def _accuracy_figure(
         from matplotlib.lines import Line2D
 
         handles = [Line2D([], [], marker="o", ls="", color="k", label="ours (10 epochs)"),
-                   Line2D([], [], marker="s", ls="", mfc="none", mec="k", label="paper (150 epochs)")]  # fmt: skip
+                   Line2D([], [], marker="s", ls="", mfc="none", mec="k", label="paper (150 epochs, best epoch)")]  # fmt: skip
         axes[0][0].legend(handles=handles, fontsize=8, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=130)
