@@ -33,7 +33,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
-from .checkpoint_v1 import is_v1, parse_v1
+from .checkpoint_v1 import decode_tree, is_v1, parse_v1
 from .convert import apply_sparse_layers, sparse_layers
 from .errors import CheckpointError
 from .fileio import atomic_write
@@ -73,20 +73,6 @@ def _encode(value: Any, tensors: dict[str, torch.Tensor]) -> Any:
             return {k: _encode(v, tensors) for k, v in value.items()}
         return {"__items__": [[_encode(k, tensors), _encode(v, tensors)] for k, v in value.items()]}
     raise ValueError(f"cannot save a value of type {type(value).__name__} in a checkpoint")
-
-
-def _decode(tree: Any, tensors: dict[str, torch.Tensor]) -> Any:
-    if isinstance(tree, list):
-        return [_decode(v, tensors) for v in tree]
-    if isinstance(tree, dict):
-        if set(tree) == {"__tensor__"}:
-            return tensors[tree["__tensor__"]]
-        if set(tree) == {"__tuple__"}:
-            return tuple(_decode(v, tensors) for v in tree["__tuple__"])
-        if set(tree) == {"__items__"}:
-            return {_decode(k, tensors): _decode(v, tensors) for k, v in tree["__items__"]}
-        return {k: _decode(v, tensors) for k, v in tree.items()}
-    return tree
 
 
 def _checksum(tensors: dict[str, torch.Tensor]) -> int:
@@ -291,7 +277,7 @@ def _read_all(path: Path) -> dict[str, Any]:
     if parts["crc32"] != str(_checksum(tensors)):
         raise CheckpointError(f"checkpoint {name!r} is corrupt (data checksum mismatch)")
     try:
-        extra = _decode(parts["extra"], tensors)
+        extra = decode_tree(parts["extra"], tensors)
     except (KeyError, TypeError, ValueError, RecursionError):
         raise CheckpointError(f"checkpoint {name!r} has a corrupt header (metadata 'extra')") from None
     state = {k: t for k, t in tensors.items() if not k.startswith(EXTRA_PREFIX)}

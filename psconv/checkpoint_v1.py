@@ -17,7 +17,7 @@ import torch
 
 from .errors import CheckpointError
 
-__all__ = ["MAGIC", "is_v1", "parse_v1"]
+__all__ = ["MAGIC", "decode_tree", "is_v1", "parse_v1"]
 
 MAGIC = b"PSCONV\x00\x01"
 _MAX_HEADER = 64 * 1024 * 1024
@@ -47,8 +47,8 @@ def parse_v1(raw: bytes, name: str) -> dict[str, Any]:
             "config": dict(header.get("config") or {}),
             "sparse_layers": dict(header.get("sparse_layers") or {}),
             "meta": dict(header.get("meta") or {}),
-            "state": _decode(header["state"], tensors),
-            "extra": _decode(header.get("extra"), tensors),
+            "state": decode_tree(header["state"], tensors),
+            "extra": decode_tree(header.get("extra"), tensors),
             "data_bytes": len(data),
         }
     except (KeyError, IndexError, TypeError, ValueError, AttributeError, RecursionError):
@@ -111,15 +111,17 @@ def _tensors(header: dict[str, Any], data: memoryview, name: str) -> list[torch.
     return tensors
 
 
-def _decode(tree: Any, tensors: list[torch.Tensor]) -> Any:
+def decode_tree(tree: Any, tensors: Any) -> Any:
+    """A JSON tree with ``{"__tensor__": ref}`` leaves back to Python values (``tensors[ref]``:
+    a list in this format, a name table in the current one); tuples and non-string keys too."""
     if isinstance(tree, list):
-        return [_decode(v, tensors) for v in tree]
+        return [decode_tree(v, tensors) for v in tree]
     if isinstance(tree, dict):
         if set(tree) == {"__tensor__"}:
             return tensors[tree["__tensor__"]]
         if set(tree) == {"__tuple__"}:
-            return tuple(_decode(v, tensors) for v in tree["__tuple__"])
+            return tuple(decode_tree(v, tensors) for v in tree["__tuple__"])
         if set(tree) == {"__items__"}:
-            return {_decode(k, tensors): _decode(v, tensors) for k, v in tree["__items__"]}
-        return {k: _decode(v, tensors) for k, v in tree.items()}
+            return {decode_tree(k, tensors): decode_tree(v, tensors) for k, v in tree["__items__"]}
+        return {k: decode_tree(v, tensors) for k, v in tree.items()}
     return tree

@@ -47,12 +47,9 @@ class FusedPSConv2d(PSConv2d):
         return fused
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:  # type: ignore[override]
-        if kernels.uses_fast(self, x):
-            args = (x, self.weight_values, self.bias, self.pattern.name, self.seed, self.out_channels,
-                    list(self.stride), list(self.padding), self.relu, True, residual)  # fmt: skip
-            if type(x) is torch.Tensor and not torch.compiler.is_compiling():
-                return kernels.ops.conv_impl(*args)
-            return kernels.ops.conv(*args)
+        out = kernels.fast_forward(self, x, self.relu, residual)
+        if out is not None:
+            return out
         out = self.reference_forward(x)
         if residual is not None:
             out = out + residual

@@ -3,6 +3,7 @@ checkpoints of models with spread weights (for inspect, predict and export)."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -127,3 +128,14 @@ def cifar(cifar_npz_module: Path) -> dict[str, np.ndarray]:
 @pytest.fixture(scope="module")
 def cifar_npz_module() -> Path:
     return shared_file("cifar10-exact-subset.npz")
+
+
+def snapshot(folder: Path) -> dict[str, str]:
+    """Every regular file under ``folder`` and the hash of its bytes (to prove nothing changed)."""
+    out = {}
+    for root, _, files in os.walk(folder):
+        for fn in files:
+            path = Path(root) / fn
+            if path.is_file() and not path.is_symlink():
+                out[str(path.relative_to(folder))] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return out

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import subprocess
@@ -11,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import snapshot as _snapshot
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -207,16 +207,6 @@ def _decoys(folder: Path) -> list[Path]:
         path.write_bytes(f"decoy {name}".encode())
         files.append(path)
     return files
-
-
-def _snapshot(folder: Path) -> dict[str, str]:
-    out = {}
-    for root, _, files in os.walk(folder):
-        for fn in files:
-            path = Path(root) / fn
-            if path.is_file() and not path.is_symlink():
-                out[str(path.relative_to(folder))] = hashlib.sha256(path.read_bytes()).hexdigest()
-    return out
 
 
 @FUZZ

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
@@ -15,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import snapshot as _snapshot
 from conftest import spread_weights
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -28,16 +28,6 @@ from psconv.data import CIFAR10_CLASSES, DeviceData
 from psconv.evaluate import evaluate
 
 FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-
-
-def _snapshot(folder: Path) -> dict[str, str]:
-    out = {}
-    for root, _, files in os.walk(folder):
-        for fn in files:
-            path = Path(root) / fn
-            if path.is_file() and not path.is_symlink():
-                out[str(path.relative_to(folder))] = hashlib.sha256(path.read_bytes()).hexdigest()
-    return out
 
 
 def _tiny_dense() -> nn.Module:

@@ -72,8 +72,11 @@ def uses_fast(layer: PSConv2d, x: torch.Tensor) -> bool:
     return _backend_wants(backend, layer.pattern.name, layer.out_channels, layer.in_channels, layer.seed)
 
 
-def fast_forward(layer: PSConv2d, x: torch.Tensor, relu: bool = False) -> torch.Tensor | None:
-    """The layer's output from the compiled operator, or None (then the reference path runs)."""
+def fast_forward(
+    layer: PSConv2d, x: torch.Tensor, relu: bool = False, residual: torch.Tensor | None = None
+) -> torch.Tensor | None:
+    """The layer's output (``relu?(conv + bias + residual)``) from the compiled operator, or None
+    (then the caller runs the reference path)."""
     if not uses_fast(layer, x):
         return None
     values, bias = layer.weight_values, layer.bias
@@ -81,7 +84,7 @@ def fast_forward(layer: PSConv2d, x: torch.Tensor, relu: bool = False) -> torch.
         x.requires_grad or values.requires_grad or (bias is not None and bias.requires_grad)
     )
     args = (x, values, bias, layer.pattern.name, layer.seed, layer.out_channels, list(layer.stride),
-            list(layer.padding), relu, not needs_grad)  # fmt: skip
+            list(layer.padding), relu, not needs_grad, residual)  # fmt: skip
     if not needs_grad and type(x) is torch.Tensor and not torch.compiler.is_compiling():
         return conv_impl(*args)  # no dispatcher, no autograd: what eager inference at batch 1 wants
     return conv(*args)
