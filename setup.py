@@ -14,7 +14,13 @@ import sys
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
-SOURCES = ["csrc/dispatch.cpp", "csrc/kernels_generic.cpp", "csrc/kernels_avx512.cpp"]
+SOURCES = [
+    "csrc/dispatch.cpp",
+    "csrc/kernels_generic.cpp",
+    "csrc/kernels_avx512.cpp",
+    "csrc/kernels_avx2.cpp",
+    "csrc/kernels_neon.cpp",
+]
 
 
 class OptionalBuildExt(build_ext):

@@ -7,7 +7,7 @@
 // and the inner loop is vector-load x vector-FMA with no broadcast and no index arrays; the
 // lane reversal of the filters is undone once per output tile.
 //
-// Plan arrays (built by psconv/_kernel_plan.py, all int32):
+// Plan arrays (built by psconv/kernels/plan_builder.py, all int32):
 //   groups  [ng][GRP_STRIDE]: F, fb0..fb3, seg_begin, seg_end, ent_begin, ent_end, woff16
 //   segs    [ns][SEG_STRIDE]: tap, e_local (first entry inside the group), count, nsplit, 0
 //   ents    [ne][2]:          tap, d (expanded segments, for the weight-gradient kernel)
@@ -66,6 +66,15 @@ typedef struct {
     int relu;
 } psc_epi;
 
+// The entry points (dispatch.cpp): the best build for this CPU, or PSCONV_KERNEL_ISA's.
+int psc_abi_version(void);
+int psc_isa(void);  // 0 generic, 1 avx512, 2 avx2, 3 neon
+int psc_conv(const psc_args* a);
+int psc_gradw(const psc_args* a, const float* dy);
+int psc_gradw2(const psc_args* a, const float* dy, const int* chunks, int nch, int H, int W, int Ho, int Wo,
+               int pad_h, int pad_w);
+
+// One build per instruction set.
 int psc_conv_generic(const psc_args* a);
 int psc_gradw_generic(const psc_args* a, const float* dy);
 int psc_gradw2_generic(const psc_args* a, const float* dy, const int* chunks, int nch, int H, int W,
@@ -74,6 +83,14 @@ int psc_gradw2_avx512(const psc_args* a, const float* dy, const int* chunks, int
                       int Ho, int Wo, int pad_h, int pad_w);
 int psc_conv_avx512(const psc_args* a);
 int psc_gradw_avx512(const psc_args* a, const float* dy);
+int psc_conv_avx2(const psc_args* a);
+int psc_gradw_avx2(const psc_args* a, const float* dy);
+int psc_gradw2_avx2(const psc_args* a, const float* dy, const int* chunks, int nch, int H, int W,
+                    int Ho, int Wo, int pad_h, int pad_w);
+int psc_conv_neon(const psc_args* a);
+int psc_gradw_neon(const psc_args* a, const float* dy);
+int psc_gradw2_neon(const psc_args* a, const float* dy, const int* chunks, int nch, int H, int W,
+                    int Ho, int Wo, int pad_h, int pad_w);
 
 #ifdef __cplusplus
 }

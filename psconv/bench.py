@@ -71,6 +71,8 @@ def _calibrate(fn: Callable[[], Any], target_s: float) -> int:
 
 # Sample length multiplier; --quick shrinks it so that a smoke run takes seconds.
 _SAMPLE_SCALE = 1.0
+# The backend of the "psconv" rows: 'auto' (what users get) or 'fast' (the kernels everywhere).
+_SPARSE_BACKEND = "auto"
 
 
 def _interleaved(fns: dict[str, Callable[[], Any]], repeats: int, target_s: float) -> dict[str, float]:
@@ -158,8 +160,8 @@ def _time_case(
     models += [("dense/nchw", d_nchw, "reference"), ("dense/cl", d_cl, "reference")]
     for pat, m in sparse.items():
         m_nchw, m_cl = _both_layouts(m)
-        models += [(f"{pat}/masked", m_nchw, "reference"), (f"{pat}/psconv/nchw", m_nchw, "auto")]
-        models += [(f"{pat}/psconv/cl", m_cl, "auto")]
+        models += [(f"{pat}/masked", m_nchw, "reference"), (f"{pat}/psconv/nchw", m_nchw, _SPARSE_BACKEND)]
+        models += [(f"{pat}/psconv/cl", m_cl, _SPARSE_BACKEND)]
     for key, model, backend in models:
         inp = xcl if key.endswith("/cl") else x
         if train:
@@ -217,7 +219,7 @@ def _bench_layer(layer: PSConv2d, shape: tuple[int, ...], repeats: int, train: b
         "dense/nchw": call(conv, x, "reference"),
         "dense/cl": call(conv_cl, xcl, "reference"),
         "masked": call(layer, x, "reference"),
-        "psconv": call(layer, xcl, "auto"),
+        "psconv": call(layer, xcl, _SPARSE_BACKEND),
     }
     return _interleaved(fns, repeats, target_s=0.05)
 
@@ -268,13 +270,13 @@ import resource, sys, torch, torch.nn.functional as F
 from psconv import kernels
 from psconv.convert import densify
 from psconv.models import create_model
-name, pattern, variant, batch, size, threads = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
+name, pattern, variant, batch, size, threads, backend = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6]), sys.argv[7]
 if threads:
     torch.set_num_threads(threads)
 model = create_model(name, pattern, num_classes=10, image_size=size)
 if variant == 'dense':
     model = densify(model)
-kernels.set_backend('reference' if variant in ('dense', 'masked') else 'auto')
+kernels.set_backend('reference' if variant in ('dense', 'masked') else backend)
 opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
 x, y = torch.randn(batch, 3, size, size), torch.randint(0, 10, (batch,))
 
@@ -311,7 +313,18 @@ def _peak_memory(
     name: str, pattern: str, variant: str, batch: int, size: int, threads: int
 ) -> dict[str, float]:
     """Peak RSS growth (MiB) over one steady-state training step in a fresh process, and the peak."""
-    cmd = [sys.executable, "-c", _PROBE, name, pattern, variant, str(batch), str(size), str(threads)]
+    cmd = [
+        sys.executable,
+        "-c",
+        _PROBE,
+        name,
+        pattern,
+        variant,
+        str(batch),
+        str(size),
+        str(threads),
+        _SPARSE_BACKEND,
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=dict(os.environ))
     if out.returncode != 0:
         return {"step_mib": float("nan"), "peak_rss_mib": float("nan")}
@@ -386,7 +399,9 @@ def format_report(report: dict[str, Any]) -> str:
     b = report["settings"]["batch"]
     lines = [
         f"psconv bench: torch {report['machine']['torch']}, {report['machine']['threads']} threads, "
-        f"kernels {report['machine']['kernels']}, allocator {report['machine'].get('allocator', 'default')}; median of {report['settings']['repeats']} interleaved rounds",
+        f"kernels {report['machine']['kernels']} (backend {report['machine'].get('backend', 'auto')}), "
+        f"oneDNN {report['machine'].get('onednn', '?')}, allocator {report['machine'].get('allocator', 'default')}; "
+        f"median of {report['settings']['repeats']} interleaved rounds",
         "speedup = dense (best of NCHW / channels-last) time / psconv time; ideal = dense MACs / kept MACs",
     ]
     for res in report["models"]:
@@ -448,15 +463,19 @@ def run_bench(
     layers: bool = True,
     memory: bool = True,
     quick: bool = False,
+    backend: str = "auto",
     on_model: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
-    """Time every model x pattern (see the module doc); ``on_model(partial report)`` after each model."""
+    """Time every model x pattern (see the module doc); ``on_model(partial report)`` after each model.
+    ``backend``: of the psconv rows, 'auto' or 'fast'."""
+    if backend not in ("auto", "fast"):
+        raise ValueError(f"backend must be 'auto' or 'fast', got {backend!r}")
     if threads:
         torch.set_num_threads(threads)
     torch.set_flush_denormal(True)
     cases = cases or ["fwd1", "fwd", "train"]
-    global _SAMPLE_SCALE
-    _SAMPLE_SCALE = 1.0
+    global _SAMPLE_SCALE, _SPARSE_BACKEND
+    _SAMPLE_SCALE, _SPARSE_BACKEND = 1.0, backend
     if quick:
         batch, repeats, layers, memory = min(batch, 8), min(repeats, 2), False, False
         _SAMPLE_SCALE = 0.05
@@ -467,6 +486,8 @@ def run_bench(
             "torch": torch.__version__,
             "threads": torch.get_num_threads(),
             "kernels": info["isa"] if info["available"] else f"unavailable ({info['error']})",
+            "onednn": kernels.onednn_isa(),
+            "backend": backend,
             "processor": platform.processor() or platform.machine(),
             "allocator": allocator,
         },

@@ -22,6 +22,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-layers", action="store_true", help="skip the per-layer timings")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     p.add_argument("--cases", nargs="+", default=["fwd1", "fwd", "train"], choices=["fwd1", "fwd", "train"])
+    p.add_argument("--backend", choices=["auto", "fast"], default="auto",
+                   help="backend of the psconv rows: auto (what users get) or fast (the kernels on every layer)")  # fmt: skip
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
     p.add_argument("--output", help="also write the JSON to this file")
     p.add_argument(
@@ -51,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
         layers=not args.no_layers,
         memory=not args.no_memory,
         quick=args.quick,
+        backend=args.backend,
         on_model=show,
     )
     text = json.dumps(report, indent=2)
@@ -64,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
 def _run_deploy(args: argparse.Namespace) -> int:
     import torch
 
-    from ..kernels import kernel_info
+    from ..kernels import kernel_info, onednn_isa
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -74,7 +77,12 @@ def _run_deploy(args: argparse.Namespace) -> int:
                         target_s=0.01 if args.quick else 0.2)  # fmt: skip
     info = kernel_info()
     report = {
-        "machine": {"threads": torch.get_num_threads(), "kernels": info["isa"], "torch": torch.__version__}
+        "machine": {
+            "threads": torch.get_num_threads(),
+            "kernels": info["isa"],
+            "onednn": onednn_isa(),
+            "torch": torch.__version__,
+        }
     }
     report["deploy"] = rows
     text = json.dumps(report, indent=2)

@@ -12,6 +12,10 @@ Read top-down:
 
 from __future__ import annotations
 
+import functools
+import os
+import subprocess
+import sys
 from typing import TYPE_CHECKING, Any
 
 from . import binding
@@ -33,6 +37,7 @@ __all__ = [
     "kernel_info",
     "kernels_available",
     "layer_plans",
+    "onednn_isa",
     "packing_of",
     "set_backend",
     "set_packing",
@@ -54,6 +59,24 @@ def kernel_info() -> dict[str, Any]:
         "error": binding.load_error,
         "backend": get_backend(),
     }
+
+
+@functools.lru_cache(maxsize=1)
+def onednn_isa() -> str:
+    """The instruction set oneDNN (PyTorch's dense convolutions) runs here, from its verbose log
+    in a short subprocess (it honours ``ONEDNN_MAX_CPU_ISA``); 'unknown' if it says nothing."""
+    code = "import torch; torch.nn.functional.conv2d(torch.randn(2, 16, 8, 8), torch.randn(16, 16, 3, 3))"
+    env = dict(os.environ, ONEDNN_VERBOSE="1")
+    try:
+        out = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120
+        )
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    for line in out.stdout.splitlines():
+        if ",isa:" in line:
+            return line.split(",isa:", 1)[1].strip()
+    return "unknown"
 
 
 def layer_plans(layer: PSConv2d) -> Any:

@@ -116,11 +116,15 @@ def available() -> bool:
     return lib is not None
 
 
+# psc_isa()'s codes (csrc/dispatch.cpp).
+ISA_NAMES = {0: "generic", 1: "avx512", 2: "avx2", 3: "neon"}
+
+
 def isa() -> str:
-    """'avx512', 'generic' or 'none' (library not loaded)."""
+    """The kernels' instruction set: 'avx512', 'avx2', 'neon', 'generic', or 'none' (not loaded)."""
     if lib is None:
         return "none"
-    return "avx512" if lib.psc_isa() == 1 else "generic"
+    return ISA_NAMES.get(lib.psc_isa(), "generic")
 
 
 def _check(rc: int, name: str) -> None:

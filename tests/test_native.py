@@ -1,0 +1,29 @@
+"""Every x86 build of the kernels against PyTorch's reference, case by case (the cases that
+``make test-aarch64`` replays under qemu for the ARM builds). Each instruction set runs in its own
+process: the library picks its build once, at load."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from psconv import kernels
+
+CASES = Path(__file__).parent / "native" / "kernel_cases.py"
+
+
+@pytest.mark.skipif(not kernels.kernels_available(), reason="compiled kernels unavailable")
+@pytest.mark.parametrize("isa", ["avx512", "avx2", "generic"])
+def test_build_matches_reference_on_every_case(isa: str) -> None:
+    env = dict(os.environ, PSCONV_KERNEL_ISA=isa)
+    out = subprocess.run(
+        [sys.executable, str(CASES), "check"], capture_output=True, text=True, env=env, timeout=600
+    )
+    ran = out.stdout.split(":")[0]
+    if out.returncode == 0 and ran != isa:
+        pytest.skip(f"this CPU cannot run the {isa} build (the {ran} build ran)")
+    assert out.returncode == 0, out.stdout + out.stderr
