@@ -5,6 +5,12 @@ from __future__ import annotations
 
 import hashlib
 import os
+import tempfile
+
+# Tests choose their backend; 'auto' must not time layers (slow, and it depends on the load of
+# the machine), nor write to the user's cache.
+os.environ.setdefault("PSCONV_AUTOTUNE", "off")
+os.environ.setdefault("PSCONV_CACHE_DIR", tempfile.mkdtemp(prefix="psconv-test-cache-"))
 from collections.abc import Callable
 from pathlib import Path
 

@@ -94,3 +94,27 @@ def test_constructor_errors_name_the_argument():
         PSConv2d(4, 4, pattern="PS9_P4")
     with pytest.raises(ValueError, match="kernel_size"):
         PSConv2d(4, 4, kernel_size=(3, 1))
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_reference_path_follows_weight_updates_without_gradients(channels_last: bool) -> None:
+    """The no-grad dense kernel is cached; an in-place update or a load must not serve stale weights."""
+    previous = psconv.get_backend()
+    psconv.set_backend("reference")
+    try:
+        layer = PSConv2d(8, 8, pattern="PS4_P4")
+        x = torch.randn(2, 8, 5, 5)
+        x = x.contiguous(memory_format=torch.channels_last) if channels_last else x
+        with torch.no_grad():
+            layer(x)
+            layer.weight_values.mul_(2.0)
+            after_update = layer(x)
+        layer.load_state_dict({k: v * 3 for k, v in layer.state_dict().items()})
+        with torch.no_grad():
+            after_load = layer(x)
+        for got in (after_update, after_load):
+            assert got.is_contiguous(memory_format=torch.channels_last) or not channels_last
+        torch.testing.assert_close(after_load, F.conv2d(x, layer.dense_weight(), layer.bias, 1, 1))
+        torch.testing.assert_close(after_update * 3, after_load)
+    finally:
+        psconv.set_backend(previous)

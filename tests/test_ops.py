@@ -12,6 +12,15 @@ from psconv.kernels import ops
 needs_kernels = pytest.mark.skipif(not kernels.kernels_available(), reason="compiled kernels not built")
 
 
+@pytest.fixture(autouse=True)
+def _fast_backend():
+    """These tests are about the operators: every sparse layer runs them, whatever 'auto' would pick."""
+    old = kernels.get_backend()
+    kernels.set_backend("fast")
+    yield
+    kernels.set_backend(old)
+
+
 def _spread(model: torch.nn.Module) -> torch.nn.Module:
     """O(1) logits (the paper's init gives ~1e-20, which any comparison passes)."""
     g = torch.Generator().manual_seed(0)

@@ -7,6 +7,7 @@ Read top-down:
 - :mod:`.plans`: plans as tensors, cached per mask, and the efficiency model ``auto`` uses;
 - :mod:`.binding`: the compiled library (``csrc/``) through ctypes, one wrapper per function;
 - :mod:`.ops`: the kernels as PyTorch operators (``torch.ops.psconv.*``) with autograd;
+- :mod:`.autotune`: ``auto`` by measurement, where the efficiency model is not calibrated;
 - :mod:`.dispatch`: which path a layer call takes.
 """
 
@@ -19,6 +20,7 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from . import binding
+from .autotune import get_autotune, set_autotune
 from .dispatch import fast_forward, fast_supported, uses_fast
 from .plans import plans_for
 from .switches import AUTO_MIN_RATIO, BACKENDS, PACKINGS, get_backend, get_packing, set_backend, set_packing
@@ -32,6 +34,7 @@ __all__ = [
     "PACKINGS",
     "fast_forward",
     "fast_supported",
+    "get_autotune",
     "get_backend",
     "get_packing",
     "kernel_info",
@@ -39,6 +42,7 @@ __all__ = [
     "layer_plans",
     "onednn_isa",
     "packing_of",
+    "set_autotune",
     "set_backend",
     "set_packing",
     "uses_fast",
@@ -58,6 +62,7 @@ def kernel_info() -> dict[str, Any]:
         "path": binding.library_path(),
         "error": binding.load_error,
         "backend": get_backend(),
+        "autotune": get_autotune(),
     }
 
 

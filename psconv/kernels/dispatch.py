@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from . import binding, switches
+from . import autotune, binding, switches
 from .ops import conv, conv_impl
 from .plans import expected_speedup
 
@@ -41,27 +41,46 @@ def fast_supported(layer: PSConv2d, x: torch.Tensor) -> str | None:
     return None
 
 
-# The instruction sets the efficiency model was calibrated on. Elsewhere (the portable build,
-# forced or on a CPU without AVX-512) 'auto' has no basis to expect a win, so it stays on
-# oneDNN: the portable kernels emulate 16-lane vectors and measured slower than oneDNN there.
+# The instruction sets the efficiency model was calibrated on. Elsewhere (AVX2, NEON, the
+# portable build) 'auto' measures each layer shape (:mod:`.autotune`), or, with autotuning
+# off, has no basis to expect a win and stays on oneDNN.
 CALIBRATED_ISAS = ("avx512",)
 
 
 @functools.lru_cache(maxsize=4096)
-def _auto_wins(pattern: str, out_channels: int, in_channels: int, seed: int) -> bool:
-    if binding.isa() not in CALIBRATED_ISAS:
-        return False
+def _model_wins(pattern: str, out_channels: int, in_channels: int, seed: int) -> bool:
     return expected_speedup(pattern, out_channels, in_channels, seed) >= switches.AUTO_MIN_RATIO
 
 
-switches._on_packing_change.append(_auto_wins.cache_clear)
+switches._on_packing_change.append(_model_wins.cache_clear)
 
 
 @torch.compiler.assume_constant_result
-def _backend_wants(backend: str, pattern: str, out_channels: int, in_channels: int, seed: int) -> bool:
+def _backend_wants(
+    backend: str, pattern: str, out_channels: int, in_channels: int, seed: int, shape: tuple[int, ...] | None
+) -> bool:
     if backend == "reference":
         return False
-    return backend == "fast" or _auto_wins(pattern, out_channels, in_channels, seed)
+    if backend == "fast":
+        return True
+    if shape is not None:
+        return autotune.wins(pattern, out_channels, in_channels, seed, shape)
+    return binding.isa() in CALIBRATED_ISAS and _model_wins(pattern, out_channels, in_channels, seed)
+
+
+def _shape_key(layer: PSConv2d, x: torch.Tensor) -> tuple[int, ...]:
+    """What a measured decision depends on besides the mask: geometry, batch (1, or up to 16:
+    larger batches time like 16 per image), and whether the call computes gradients."""
+    b = int(x.shape[0])
+    train = torch.is_grad_enabled() and (x.requires_grad or layer.weight_values.requires_grad)
+    return (
+        *layer.stride,
+        *layer.padding,
+        int(x.shape[2]),
+        int(x.shape[3]),
+        1 if b == 1 else min(b, 16),
+        int(train),
+    )
 
 
 def uses_fast(layer: PSConv2d, x: torch.Tensor) -> bool:
@@ -69,7 +88,11 @@ def uses_fast(layer: PSConv2d, x: torch.Tensor) -> bool:
     backend = switches.get_backend()
     if backend == "reference" or fast_supported(layer, x) is not None:
         return False
-    return _backend_wants(backend, layer.pattern.name, layer.out_channels, layer.in_channels, layer.seed)
+    measured = backend == "auto" and autotune.measures(binding.isa() in CALIBRATED_ISAS)
+    shape = _shape_key(layer, x) if measured else None
+    return _backend_wants(
+        backend, layer.pattern.name, layer.out_channels, layer.in_channels, layer.seed, shape
+    )
 
 
 def fast_forward(

@@ -4,11 +4,12 @@ new plans use. Each has an environment variable (read once, at import) and a set
 - Backend (``PSCONV_BACKEND``, :func:`set_backend`): ``'reference'`` never runs the compiled
   kernels (scatter + ``F.conv2d``; the test oracle); ``'fast'`` runs them wherever they can (CPU,
   float32, 3x3), else falls back silently; ``'auto'`` (default) runs them only for layers where
-  the efficiency model (:mod:`.plans`) predicts a clear win over oneDNN.
+  they beat oneDNN: predicted by the efficiency model (:mod:`.plans`) on AVX-512, where it was
+  calibrated, measured once per layer shape elsewhere (:mod:`.autotune`, ``PSCONV_AUTOTUNE``).
 - Packing (``PSCONV_PACKING``, :func:`set_packing`): ``'diagonal'``, ``'pair'`` or ``'auto'``
   (default: per plan, by the efficiency model); see :mod:`.plan_builder`.
-- Instruction set (``PSCONV_KERNEL_ISA=generic``, read by the compiled library itself): forces
-  the portable build; :func:`psconv.kernels.kernel_info` says which one runs.
+- Instruction set (``PSCONV_KERNEL_ISA=avx512|avx2|neon|generic``, read by the compiled library
+  itself): forces a build this CPU can run; :func:`psconv.kernels.kernel_info` says which runs.
 """
 
 from __future__ import annotations

@@ -1,0 +1,179 @@
+"""``auto`` by measurement: the first time a layer shape is seen, time the kernel against oneDNN.
+
+The efficiency model (:mod:`.plans`) was calibrated on AVX-512 machines; on any other
+instruction set (AVX2, NEON, the portable build) nothing says the kernel beats oneDNN for a
+given layer, and losing to dense is the one thing ``auto`` must never do. There, as cuDNN's
+benchmark mode does, ``auto`` runs both on the layer's shape (interleaved, median of a few
+rounds, a few milliseconds to a second per shape) and keeps the kernel only where it is clearly
+faster. Decisions are kept for the process and on disk, keyed by everything that changes the
+answer: instruction sets (ours and oneDNN's cap), threads, torch version, pattern, channels,
+stride, padding, image size, batch (1, or up to 16), packing, and whether gradients are computed.
+
+Switch (``PSCONV_AUTOTUNE``, :func:`set_autotune`): ``'auto'`` (default: measure where the model
+is not calibrated), ``'on'`` (measure everywhere), ``'off'`` (never: the model where it is
+calibrated, oneDNN elsewhere). Cache: ``$PSCONV_CACHE_DIR``, else ``$XDG_CACHE_HOME/psconv``,
+else ``~/.cache/psconv``; a damaged cache file is ignored (and rewritten), never trusted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from ..fileio import atomic_write
+from ..patterns import mask_array
+from . import binding
+
+__all__ = [
+    "AUTOTUNE_MODES",
+    "MIN_SPEEDUP",
+    "set_autotune",
+    "get_autotune",
+    "measures",
+    "wins",
+    "cache_key",
+    "cache_path",
+]
+
+AUTOTUNE_MODES = ("auto", "on", "off")
+# Keep the kernel only when it is at least this much faster: timing noise must not flip a
+# layer onto the slower path.
+MIN_SPEEDUP = 1.1
+CACHE_VERSION = 1
+_state: dict[str, Any] = {"mode": os.environ.get("PSCONV_AUTOTUNE", "auto").lower(), "decisions": None}
+if _state["mode"] not in AUTOTUNE_MODES:
+    _state["mode"] = {"1": "on", "0": "off"}.get(_state["mode"], "auto")
+
+
+def set_autotune(mode: str) -> None:
+    """'auto' (measure where the efficiency model is not calibrated), 'on' or 'off'."""
+    if mode not in AUTOTUNE_MODES:
+        raise ValueError(f"autotune must be one of {AUTOTUNE_MODES}, got {mode!r}")
+    _state["mode"] = mode
+
+
+def get_autotune() -> str:
+    return _state["mode"]
+
+
+def measures(calibrated: bool) -> bool:
+    """Whether 'auto' decides by measurement on this instruction set."""
+    mode = _state["mode"]
+    return mode == "on" or (mode == "auto" and not calibrated)
+
+
+def cache_path() -> Path:
+    base = os.environ.get("PSCONV_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "psconv"
+    )
+    return Path(base) / f"autotune-v{CACHE_VERSION}.json"
+
+
+def _machine_key() -> str:
+    cap = os.environ.get("ONEDNN_MAX_CPU_ISA", "")
+    return f"{binding.isa()}|onednn:{cap}|threads:{torch.get_num_threads()}|torch:{torch.__version__}"
+
+
+def _decisions() -> dict[str, Any]:
+    if _state["decisions"] is None:
+        found: dict[str, Any] = {}
+        path = cache_path()
+        try:
+            data = json.loads(path.read_text())
+            if isinstance(data, dict) and data.get("version") == CACHE_VERSION:
+                found = {
+                    k: v for k, v in data.get("layers", {}).items() if isinstance(v, dict) and "fast" in v
+                }
+        except FileNotFoundError:
+            pass
+        except (OSError, ValueError) as exc:
+            warnings.warn(f"{path}: unreadable autotune cache ignored ({exc})", stacklevel=3)
+        _state["decisions"] = found
+    return _state["decisions"]
+
+
+def _save() -> None:
+    try:
+        text = json.dumps({"version": CACHE_VERSION, "layers": _decisions()}, indent=1, sort_keys=True)
+        atomic_write(cache_path(), text + "\n")
+    except OSError:
+        pass  # a read-only home: decisions still hold for this process
+
+
+def _median_ms(
+    fns: dict[str, Callable[[], Any]], rounds: int = 5, target_s: float = 0.004
+) -> dict[str, float]:
+    calls = {}
+    for k, fn in fns.items():
+        fn()  # warm-up: plans, packed weights, oneDNN primitives
+        t = time.perf_counter()
+        fn()
+        calls[k] = max(1, min(50, int(target_s / max(time.perf_counter() - t, 1e-6))))
+    samples: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(rounds):
+        for k, fn in fns.items():
+            t = time.perf_counter()
+            for _ in range(calls[k]):
+                fn()
+            samples[k].append((time.perf_counter() - t) / calls[k] * 1e3)
+    return {k: statistics.median(v) for k, v in samples.items()}
+
+
+def _measure(pattern: str, cout: int, cin: int, seed: int, shape: tuple[int, ...]) -> dict[str, Any]:
+    from .ops import conv
+
+    s0, s1, p0, p1, H, W, batch, grads = shape
+    train = bool(grads)
+    mask = mask_array(pattern, cout, cin, 3, seed)
+    values = torch.randn(int(mask.sum()), requires_grad=train)
+    weight = torch.randn(cout, cin, 3, 3, requires_grad=train)
+    x = torch.randn(batch, cin, H, W).contiguous(memory_format=torch.channels_last).requires_grad_(train)
+    st, pd = [s0, s1], [p0, p1]
+
+    def fast() -> None:
+        y = conv(x, values, None, pattern, seed, cout, st, pd, False, not train)
+        if train:
+            y.sum().backward()
+
+    def dense() -> None:
+        y = F.conv2d(x, weight, None, (s0, s1), (p0, p1))
+        if train:
+            y.sum().backward()
+
+    with torch.set_grad_enabled(train):
+        ms = _median_ms({"fast": fast, "dense": dense})
+    return {"fast_ms": round(ms["fast"], 4), "dense_ms": round(ms["dense"], 4),
+            "fast": ms["dense"] >= MIN_SPEEDUP * ms["fast"]}  # fmt: skip
+
+
+def cache_key(pattern: str, cout: int, cin: int, seed: int, shape: tuple[int, ...]) -> str:
+    """The decision's name in the cache. ``shape``: (stride h, stride w, padding h, padding w,
+    H, W, batch, computes gradients)."""
+    from .switches import get_packing
+
+    return f"{_machine_key()}|{get_packing()}|{pattern}|{cout}|{cin}|{seed}|" + ",".join(
+        str(int(v)) for v in shape
+    )
+
+
+def wins(pattern: str, cout: int, cin: int, seed: int, shape: tuple[int, ...]) -> bool:
+    """Whether the kernel beats oneDNN on this layer shape (measured once, then remembered)."""
+    key = cache_key(pattern, cout, cin, seed, shape)
+    decisions = _decisions()
+    hit = decisions.get(key)
+    if hit is None:
+        from .plans import _real_tensors
+
+        with _real_tensors():
+            hit = decisions[key] = _measure(pattern, cout, cin, seed, shape)
+        _save()
+    return bool(hit["fast"])

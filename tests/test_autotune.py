@@ -1,0 +1,116 @@
+"""'auto' by measurement (psconv.kernels.autotune): measured once per layer shape, remembered in
+the process and on disk, a damaged cache ignored, and the switch."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from psconv import kernels
+from psconv.kernels import autotune, binding, dispatch
+from psconv.layers import PSConv2d
+
+needs_kernels = pytest.mark.skipif(not kernels.kernels_available(), reason="compiled kernels not built")
+
+
+@pytest.fixture(autouse=True)
+def _fresh(tmp_path, monkeypatch):
+    """A private cache folder, 'auto' backend, autotuning on; everything restored after."""
+    monkeypatch.setenv("PSCONV_CACHE_DIR", str(tmp_path))
+    old = (kernels.get_backend(), autotune.get_autotune())
+    monkeypatch.setitem(autotune._state, "decisions", None)
+    kernels.set_backend("auto")
+    autotune.set_autotune("on")
+    yield
+    kernels.set_backend(old[0])
+    autotune.set_autotune(old[1])
+    autotune._state["decisions"] = None
+
+
+def _layer_and_input() -> tuple[PSConv2d, torch.Tensor]:
+    return PSConv2d(32, 32, pattern="PSD1_P16"), torch.randn(2, 32, 8, 8)
+
+
+def _key(layer: PSConv2d, x: torch.Tensor) -> str:
+    shape = dispatch._shape_key(layer, x)
+    return autotune.cache_key(layer.pattern.name, layer.out_channels, layer.in_channels, layer.seed, shape)
+
+
+@needs_kernels
+def test_measures_once_and_follows_the_measurement(monkeypatch):
+    layer, x = _layer_and_input()
+    with torch.no_grad():
+        chosen = kernels.uses_fast(layer, x)
+        key = _key(layer, x)
+    entry = json.loads(autotune.cache_path().read_text())["layers"][key]
+    assert entry["fast"] == chosen == (entry["dense_ms"] >= autotune.MIN_SPEEDUP * entry["fast_ms"])
+    assert entry["fast_ms"] > 0 and entry["dense_ms"] > 0
+
+    def no_second_measurement(*args):
+        raise AssertionError("measured twice")
+
+    monkeypatch.setattr(autotune, "_measure", no_second_measurement)
+    with torch.no_grad():
+        assert kernels.uses_fast(layer, x) == chosen
+        y = layer(x)  # the whole call path, on the remembered decision
+    kernels.set_backend("reference")
+    with torch.no_grad():
+        torch.testing.assert_close(y, layer(x), rtol=1e-4, atol=1e-4)
+
+
+@needs_kernels
+@pytest.mark.parametrize("fast", [True, False])
+def test_decisions_come_from_the_disk_cache(fast, monkeypatch):
+    layer, x = _layer_and_input()
+    with torch.no_grad():
+        key = _key(layer, x)
+    record = {"fast": fast, "fast_ms": 1.0, "dense_ms": 1.0}
+    autotune.cache_path().write_text(json.dumps({"version": autotune.CACHE_VERSION, "layers": {key: record}}))
+    monkeypatch.setattr(autotune, "_measure", lambda *a: pytest.fail("measured despite the cache"))
+    with torch.no_grad():
+        assert kernels.uses_fast(layer, x) is fast
+
+
+@needs_kernels
+def test_a_training_call_is_a_separate_decision(monkeypatch):
+    layer, x = _layer_and_input()
+    with torch.no_grad():
+        eval_key = _key(layer, x)
+    train_key = _key(layer, x.requires_grad_(True))
+    assert eval_key != train_key and eval_key.rsplit(",", 1)[0] == train_key.rsplit(",", 1)[0]
+
+
+@needs_kernels
+def test_a_damaged_cache_is_ignored_and_rewritten():
+    autotune.cache_path().write_text('{"version": 1, "layers": {"x": ')
+    layer, x = _layer_and_input()
+    with pytest.warns(UserWarning, match="unreadable autotune cache ignored"), torch.no_grad():
+        kernels.uses_fast(layer, x)
+        key = _key(layer, x)
+    assert key in json.loads(autotune.cache_path().read_text())["layers"]
+
+
+@needs_kernels
+def test_off_uses_the_model_where_calibrated_and_onednn_elsewhere(monkeypatch):
+    autotune.set_autotune("off")
+    layer, x = _layer_and_input()
+    monkeypatch.setattr(autotune, "_measure", lambda *a: pytest.fail("measured with autotuning off"))
+    monkeypatch.setattr(binding, "isa", lambda: "avx2")
+    assert not kernels.uses_fast(layer, x)
+    monkeypatch.setattr(binding, "isa", lambda: "avx512")
+    assert kernels.uses_fast(layer, x)  # the model expects PSD1_P16 at 32 channels to win
+    assert not autotune.cache_path().exists()
+
+
+def test_auto_mode_measures_only_where_the_model_is_not_calibrated():
+    autotune.set_autotune("auto")
+    assert autotune.measures(calibrated=False) and not autotune.measures(calibrated=True)
+    autotune.set_autotune("off")
+    assert not autotune.measures(calibrated=False)
+
+
+def test_set_autotune_names_the_choices():
+    with pytest.raises(ValueError, match=r"autotune must be one of \('auto', 'on', 'off'\), got 'yes'"):
+        autotune.set_autotune("yes")
