@@ -48,7 +48,7 @@ AUTOTUNE_MODES = ("auto", "on", "off")
 # Keep the kernel only when it is at least this much faster: timing noise must not flip a
 # layer onto the slower path.
 MIN_SPEEDUP = 1.1
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: the dense side runs a channels-last kernel
 _state: dict[str, Any] = {"mode": os.environ.get("PSCONV_AUTOTUNE", "auto").lower(), "decisions": None}
 if _state["mode"] not in AUTOTUNE_MODES:
     _state["mode"] = {"1": "on", "0": "off"}.get(_state["mode"], "auto")
@@ -135,7 +135,8 @@ def _measure(pattern: str, cout: int, cin: int, seed: int, shape: tuple[int, ...
     train = bool(grads)
     mask = mask_array(pattern, cout, cin, 3, seed)
     values = torch.randn(int(mask.sum()), requires_grad=train)
-    weight = torch.randn(cout, cin, 3, 3, requires_grad=train)
+    # The dense alternative as a channels-last network runs it: kernel in the input's layout.
+    weight = torch.randn(cout, cin, 3, 3).contiguous(memory_format=torch.channels_last).requires_grad_(train)
     x = torch.randn(batch, cin, H, W).contiguous(memory_format=torch.channels_last).requires_grad_(train)
     st, pd = [s0, s1], [p0, p1]
 
