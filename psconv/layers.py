@@ -29,6 +29,9 @@ def _pair(value: int | tuple[int, int], name: str) -> tuple[int, int]:
     raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
 
 
+_PLAIN = (torch.Tensor, nn.Parameter)
+
+
 def _channels_last(x: torch.Tensor) -> bool:
     return x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
 
@@ -133,8 +136,8 @@ class PSConv2d(nn.Module):
         values = self.weight_values
         if torch.is_grad_enabled() and (values.requires_grad or x.requires_grad):
             return None
-        if torch.compiler.is_compiling() or type(values) is not torch.Tensor or type(x) is not torch.Tensor:
-            return None
+        if torch.compiler.is_compiling() or type(values) not in _PLAIN or type(x) not in _PLAIN:
+            return None  # a tracer's tensors (fake, functional) have no version to key on
         cl = _channels_last(x)
         key = (values._version, values.data_ptr(), values.device, values.dtype, cl)
         cached = self.__dict__.get("_dense_cache")
