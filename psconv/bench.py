@@ -7,16 +7,15 @@ interleaved (every round runs each once), and the median of the rounds is report
   and channels-last inputs/weights, i.e. oneDNN at its best;
 - ``masked``: the pattern model on the reference path (scatter the kept weights into a dense
   kernel, then ``F.conv2d``), which is what the authors' masking code costs;
-- ``psconv``: the pattern model on the ``auto`` backend (compiled kernels where they
-  win), the best of NCHW and channels-last.
+- ``psconv``: the pattern model on the ``auto`` backend (or ``fast``: ``--backend``), the best
+  of NCHW and channels-last.
 
 Cases: forward at batch 1 and at the large batch (eval mode, no grad), and a training step at
 the large batch (forward, cross-entropy, backward, SGD with momentum). Per layer, each
 pattern-sparse conv is timed alone on its real input shape (forward, and forward+backward).
 The ideal ratio beside each speedup is dense MACs / kept MACs (from :func:`psconv.profile`).
-Peak memory of a training step: in a fresh subprocess, after one warm-up step, the growth of
-the resident set's high-water mark over one more step (activations, gradients, workspaces),
-and the absolute peak RSS of that process.
+Peak memory of a training step: in a fresh subprocess, after one warm-up step, the growth of the
+resident set's high-water mark over one more step, and that process's peak RSS.
 """
 
 from __future__ import annotations
@@ -69,10 +68,8 @@ def _calibrate(fn: Callable[[], Any], target_s: float) -> int:
     return max(1, min(200, int(target_s / dt)))
 
 
-# Sample length multiplier; --quick shrinks it so that a smoke run takes seconds.
-_SAMPLE_SCALE = 1.0
-# The backend of the "psconv" rows: 'auto' (what users get) or 'fast' (the kernels everywhere).
-_SPARSE_BACKEND = "auto"
+# Sample length multiplier (--quick shrinks it: a smoke run takes seconds); the psconv rows' backend.
+_SAMPLE_SCALE, _SPARSE_BACKEND = 1.0, "auto"
 
 
 def _interleaved(fns: dict[str, Callable[[], Any]], repeats: int, target_s: float) -> dict[str, float]:
