@@ -24,6 +24,14 @@ from psconv.data import DeviceData
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture
+def keep_backend():
+    """Whatever backend a test sets, the next test starts with the one before it."""
+    previous = psconv.get_backend()
+    yield
+    psconv.set_backend(previous)
+
+
 def shared_data_dir() -> Path:
     """``$PSCONV_SHARED_DATA``, else ``../shared/data`` next to the repository."""
     env = os.environ.get("PSCONV_SHARED_DATA")

@@ -21,11 +21,7 @@ needs_kernels = pytest.mark.skipif(
 FAMILIES = ["PS4_P4", "PSD4_P8", "PSD2_P8", "PSD1_P16", "PS1_P9", "PS2_P6", "pSC4", "pSC1", "dense"]
 
 
-@pytest.fixture(autouse=True)
-def _restore_backend():
-    old = kernels.get_backend()
-    yield
-    kernels.set_backend(old)
+pytestmark = pytest.mark.usefixtures("keep_backend")
 
 
 @pytest.fixture(params=["diagonal", "pair"])

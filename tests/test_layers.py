@@ -19,11 +19,8 @@ CASES = [
 
 
 @pytest.fixture(autouse=True)
-def reference_backend():
-    previous = psconv.get_backend()
+def reference_backend(keep_backend):
     psconv.set_backend("reference")
-    yield
-    psconv.set_backend(previous)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -99,22 +96,17 @@ def test_constructor_errors_name_the_argument():
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_reference_path_follows_weight_updates_without_gradients(channels_last: bool) -> None:
     """The no-grad dense kernel is cached; an in-place update or a load must not serve stale weights."""
-    previous = psconv.get_backend()
-    psconv.set_backend("reference")
-    try:
-        layer = PSConv2d(8, 8, pattern="PS4_P4")
-        x = torch.randn(2, 8, 5, 5)
-        x = x.contiguous(memory_format=torch.channels_last) if channels_last else x
-        with torch.no_grad():
-            layer(x)
-            layer.weight_values.mul_(2.0)
-            after_update = layer(x)
-        layer.load_state_dict({k: v * 3 for k, v in layer.state_dict().items()})
-        with torch.no_grad():
-            after_load = layer(x)
-        for got in (after_update, after_load):
-            assert got.is_contiguous(memory_format=torch.channels_last) or not channels_last
-        torch.testing.assert_close(after_load, F.conv2d(x, layer.dense_weight(), layer.bias, 1, 1))
-        torch.testing.assert_close(after_update * 3, after_load)
-    finally:
-        psconv.set_backend(previous)
+    layer = PSConv2d(8, 8, pattern="PS4_P4")
+    x = torch.randn(2, 8, 5, 5)
+    x = x.contiguous(memory_format=torch.channels_last) if channels_last else x
+    with torch.no_grad():
+        layer(x)
+        layer.weight_values.mul_(2.0)
+        after_update = layer(x)
+    layer.load_state_dict({k: v * 3 for k, v in layer.state_dict().items()})
+    with torch.no_grad():
+        after_load = layer(x)
+    for got in (after_update, after_load):
+        assert got.is_contiguous(memory_format=torch.channels_last) or not channels_last
+    torch.testing.assert_close(after_load, F.conv2d(x, layer.dense_weight(), layer.bias, 1, 1))
+    torch.testing.assert_close(after_update * 3, after_load)

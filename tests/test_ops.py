@@ -13,12 +13,9 @@ needs_kernels = pytest.mark.skipif(not kernels.kernels_available(), reason="comp
 
 
 @pytest.fixture(autouse=True)
-def _fast_backend():
+def _fast_backend(keep_backend):
     """These tests are about the operators: every sparse layer runs them, whatever 'auto' would pick."""
-    old = kernels.get_backend()
     kernels.set_backend("fast")
-    yield
-    kernels.set_backend(old)
 
 
 def _spread(model: torch.nn.Module) -> torch.nn.Module:
