@@ -24,10 +24,8 @@ import contextlib
 import copy
 import os
 import platform
-import statistics
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -35,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import kernels, progress
+from . import kernels, progress, timing
 from .allocator import tune_allocator
 from .layers import PSConv2d
 
@@ -57,34 +55,20 @@ def _backend(name: str) -> Iterator[None]:
         kernels.set_backend(old)
 
 
-def _calibrate(fn: Callable[[], Any], target_s: float) -> int:
-    """Calls per sample so that one sample lasts about ``target_s`` (short calls are noisy)."""
-    fn()
-    if target_s < 0.01:  # smoke runs: one call per sample
-        return 1
-    t = time.perf_counter()
-    fn()
-    dt = max(time.perf_counter() - t, 1e-6)
-    return max(1, min(200, int(target_s / dt)))
-
-
 # Sample length multiplier (--quick shrinks it: a smoke run takes seconds); the psconv rows' backend.
 _SAMPLE_SCALE, _SPARSE_BACKEND = 1.0, "auto"
 
 
-def _interleaved(fns: dict[str, Callable[[], Any]], repeats: int, target_s: float) -> dict[str, float]:
-    """Median seconds per call of each function, sampled round-robin so that load drifts hit all."""
+def _interleaved(
+    fns: dict[str, Callable[[], Any]], repeats: int, target_s: float, settle_s: float = 0.0
+) -> dict[str, float]:
+    """Median seconds per call of each function, sampled round-robin (:mod:`psconv.timing`)."""
     target_s *= _SAMPLE_SCALE
-    calls = {k: _calibrate(f, target_s) for k, f in fns.items()}
-    samples: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(repeats):
-        for k, f in fns.items():
-            n = calls[k]
-            t = time.perf_counter()
-            for _ in range(n):
-                f()
-            samples[k].append((time.perf_counter() - t) / n)
-    return {k: statistics.median(v) for k, v in samples.items()}
+    if target_s < 0.01:  # smoke runs: one call per sample
+        calls = {k: 1 for k in fns}
+    else:
+        calls = {k: timing.calls_per_sample(f, target_s) for k, f in fns.items()}
+    return timing.interleaved(fns, repeats, calls, settle_s=settle_s)
 
 
 def _forward_fn(model: nn.Module, x: torch.Tensor, backend: str) -> Callable[[], Any]:

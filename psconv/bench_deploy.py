@@ -1,7 +1,7 @@
 """Inference speed against what a deployer would run instead: the deployment anchors.
 
-For each model and pattern, interleaved in one process (every round runs each once; median of
-the rounds), at each batch size:
+For each model and pattern, interleaved in one process (every round runs each once, after the
+previous runtime's threads have parked; median of the rounds), at each batch size:
 
 - ``ours``: :func:`psconv.optimize_for_inference` of the sparse model (folded BatchNorm, fused
   epilogues, compiled sparse kernels), eager;
@@ -33,6 +33,8 @@ from .models import create_model
 __all__ = ["DEPLOY_BATCHES", "bench_deploy", "format_deploy"]
 
 DEPLOY_BATCHES = (1, 32)
+# Pause before each sample: ONNX Runtime's threads spin on after a call (psconv.timing).
+_SETTLE_S = 0.05
 
 
 def _trained_like(model: nn.Module, seed: int = 0) -> nn.Module:
@@ -111,7 +113,9 @@ def bench_deploy(
         fns = _candidates(name, pattern, image_size, threads)
         for batch in batches:
             x = torch.randn(batch, 3, image_size, image_size, generator=torch.Generator().manual_seed(batch))
-            times = _interleaved({k: _on(f, x) for k, f in fns.items()}, repeats, target_s)
+            times = _interleaved(
+                {k: _on(f, x) for k, f in fns.items()}, repeats, target_s, settle_s=_SETTLE_S
+            )
             row: dict[str, Any] = {"model": name, "pattern": pattern, "batch": batch}
             row |= {f"{k}_ms": round(v * 1e3, 4) for k, v in times.items()}
             if "ort_dense_ms" in row:

@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import statistics
-import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -29,6 +27,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from .. import timing
 from ..fileio import atomic_write
 from ..patterns import mask_array
 from . import binding
@@ -113,20 +112,8 @@ def _save() -> None:
 def _median_ms(
     fns: dict[str, Callable[[], Any]], rounds: int = 5, target_s: float = 0.004
 ) -> dict[str, float]:
-    calls = {}
-    for k, fn in fns.items():
-        fn()  # warm-up: plans, packed weights, oneDNN primitives
-        t = time.perf_counter()
-        fn()
-        calls[k] = max(1, min(50, int(target_s / max(time.perf_counter() - t, 1e-6))))
-    samples: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(rounds):
-        for k, fn in fns.items():
-            t = time.perf_counter()
-            for _ in range(calls[k]):
-                fn()
-            samples[k].append((time.perf_counter() - t) / calls[k] * 1e3)
-    return {k: statistics.median(v) for k, v in samples.items()}
+    calls = {k: timing.calls_per_sample(fn, target_s, cap=50) for k, fn in fns.items()}
+    return {k: v * 1e3 for k, v in timing.interleaved(fns, rounds, calls).items()}
 
 
 def _measure(pattern: str, cout: int, cin: int, seed: int, shape: tuple[int, ...]) -> dict[str, Any]:

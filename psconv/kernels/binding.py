@@ -12,6 +12,7 @@ equal the library's ``psc_abi_version()`` (a test checks both against the header
 from __future__ import annotations
 
 import ctypes
+import functools
 import glob
 import os
 from pathlib import Path
@@ -120,8 +121,10 @@ def available() -> bool:
 ISA_NAMES = {0: "generic", 1: "avx512", 2: "avx2", 3: "neon"}
 
 
+@functools.cache
 def isa() -> str:
-    """The kernels' instruction set: 'avx512', 'avx2', 'neon', 'generic', or 'none' (not loaded)."""
+    """The kernels' instruction set: 'avx512', 'avx2', 'neon', 'generic', or 'none' (not loaded).
+    The library picks it once, when loaded (csrc/dispatch.cpp)."""
     if lib is None:
         return "none"
     return ISA_NAMES.get(lib.psc_isa(), "generic")
