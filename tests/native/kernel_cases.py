@@ -34,13 +34,15 @@ INT_ARRAYS = ("groups", "segs", "ents", "classes", "pos", "outmap", "chunks", "i
 FLOAT_ARRAYS = ("x", "w", "bias", "res", "dy", "expected")
 PATTERNS = ("PS4_P4", "PSD4_P8", "PSD2_P8", "PSD1_P16", "PS1_P9", "PS2_P6", "pSC4", "pSC1", "dense")
 # (in channels, out channels, H, W, stride, padding, batch): odd channel counts, channel
-# wrap-around, stride 2, no padding, a first layer, pixels that fill no tile.
+# wrap-around, stride 2, no padding, a first layer, pixels that fill no tile, and rows long
+# enough for every ISA's widest fixed-stride tiles (128-channel pixel stride).
 SHAPES = (
     (17, 70, 9, 7, 1, 1, 2),
     (64, 64, 6, 6, 1, 1, 2),
     (32, 48, 7, 7, 2, 1, 2),
     (16, 16, 4, 5, 1, 0, 3),
     (3, 16, 8, 8, 1, 1, 1),
+    (128, 64, 3, 30, 1, 1, 1),
 )
 HEADER = b"PSCCASE1"
 
