@@ -11,7 +11,13 @@ PAPER = Path(__file__).resolve().parents[2] / "shared" / "reference" / "paper-re
 
 
 def fake_run(
-    root: Path, name: str, model: str, pattern: str, accs: list[float], finished: bool = True
+    root: Path,
+    name: str,
+    model: str,
+    pattern: str,
+    accs: list[float],
+    finished: bool = True,
+    seconds: list[float] | None = None,
 ) -> Path:
     """A run folder in the format psconv train writes (config.json, metrics.csv, summary.json)."""
     folder = root / name
@@ -27,13 +33,25 @@ def fake_run(
             ["epoch", "lr", "train_loss", "train_top1", "test_loss", "test_top1", "test_top5", "seconds"]
         )
         for epoch, acc in enumerate(accs, 1):
-            writer.writerow([epoch, 0.1, 1.0, acc - 1, 1.1, acc, 95.0, 10.0])
+            took = seconds[epoch - 1] if seconds else 10.0
+            writer.writerow([epoch, 0.1, 1.0, acc - 1, 1.1, acc, 95.0, took])
     return folder
 
 
 def test_read_run(tmp_path: Path) -> None:
     run = read_run(fake_run(tmp_path, "a", "vgg16", "PSD1_P16", [40.0, 55.5, 50.0]))
     assert run["best_top1"] == 55.5 and run["final_top1"] == 50.0 and run["seconds"] == 30.0
+
+
+def test_epoch_seconds_is_each_runs_fastest_epoch(tmp_path: Path) -> None:
+    # A paused or disturbed epoch (here 900 s) must not move the time axis.
+    runs = [
+        fake_run(tmp_path, "s0", "vgg16", "dense", [50.0, 60.0, 61.0], seconds=[120.0, 900.0, 100.0]),
+        fake_run(tmp_path, "s1", "vgg16", "dense", [51.0, 62.0, 63.0], seconds=[110.0, 104.0, 400.0]),
+    ]
+    result = write_report(runs, tmp_path / "out", paper=None)
+    (dense,) = result["variants"]
+    assert dense["epoch_seconds"] in (100.0, 104.0)  # the median of two runs' fastest epochs
 
 
 def test_read_run_refuses_other_folders(tmp_path: Path) -> None:
