@@ -32,9 +32,10 @@ def interleaved(
 
     ``settle_s`` > 0 pauses that long and makes one untimed call before each sample. Runtimes
     with their own thread pools (ONNX Runtime) keep spinning for tens of milliseconds after a
-    call; on a machine with few cores that steals the next candidate's cores (measured: a
-    sparse ResNet18 at batch 1 ran 1.3x slower right after ONNX Runtime than 50 ms later). A
-    deployed process runs one runtime, so each is timed after the other's threads have parked.
+    call; on a machine with few cores that steals the next candidate's cores (a sparse ResNet18
+    at batch 1 ran 1.3x slower right after ONNX Runtime than 50 ms later:
+    ``benchmarks/bench_settle.py``). A deployed process runs one runtime, so each is timed after
+    the other's threads have parked.
     """
     samples: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(rounds):
