@@ -113,8 +113,11 @@ def _accuracy_figure(
 
         handles = [Line2D([], [], marker="o", ls="", color="k", label="ours (10 epochs)"),
                    Line2D([], [], marker="s", ls="", mfc="none", mec="k", label="paper (150 epochs, best epoch)")]  # fmt: skip
-        axes[0][0].legend(handles=handles, fontsize=8, loc="lower right")
-    fig.tight_layout()
+        # Above the panels, where no point or label can sit under it.
+        fig.legend(handles=handles, fontsize=8, loc="upper center", ncol=2, frameon=False)
+        fig.tight_layout(rect=(0, 0, 1, 0.94))
+    else:
+        fig.tight_layout()
     fig.savefig(path, dpi=130)
     plt.close(fig)
     return path
