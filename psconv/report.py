@@ -358,7 +358,9 @@ def _accuracy_sections(
                      "the final epoch's test top-1; the best epoch is picked on the test set and shown only "
                      "for comparison with the paper, which reports it. Seeds: one unless the table says "
                      "more, so a difference of a few tenths of a point is within seed noise. Accuracy on the "
-                     "CIFAR-10 JPEG copy is not accuracy on the official images.", ""]  # fmt: skip
+                     "CIFAR-10 JPEG copy is not accuracy on the official images. A gap is the variant's top-1 "
+                     "minus its dense twin's (negative: below dense); 'our gap - paper gap' of -1 or more "
+                     "means the variant loses at most one point more than it does in the paper.", ""]  # fmt: skip
     columns = [("run", "run"), ("model", "model"), ("pattern", "pattern"), ("dataset", "dataset"),
                ("params_M", "params (M)"), ("macs_G", "MACs (G)"), ("epochs", "epochs"),
                ("train_images", "train images"), ("final_top1", "final top-1"), ("best_top1", "best top-1"),
