@@ -5,9 +5,9 @@ kernel beside float32 GEMM (MKL via torch.mm) and oneDNN's dense convolution of 
 
 "kept" counts the pattern's non-zero weights at each output pixel (the MACs the method needs);
 "executed" counts every lane of every packed FMA the kernel issues (padding lanes of the
-diagonal packing included); taps that fall on the zero padding count in neither, nor in dense. Executed MACs/s near the
-GEMM's rate means the kernel is bound by arithmetic, not by its overhead. All candidates run
-interleaved, median of the rounds (psconv.timing).
+diagonal packing included); taps that fall on the zero padding count in neither, nor in dense.
+Executed MACs/s near the GEMM's rate means the kernel is bound by arithmetic, not by its
+overhead. All candidates run interleaved, median of the rounds (psconv.timing).
 """
 
 from __future__ import annotations
