@@ -83,6 +83,15 @@ def _scatter_panel(ax: Any, rows: list[dict[str, Any]], x_key: str, paper_x_key:
         name = row["label"] + (f" (n={row['seeds']})" if row["seeds"] > 1 else "")
         ax.annotate(name, (x, y), xytext=(x * 1.08, ly), fontsize=7, color=colour, va="center",
                     arrowprops={"arrowstyle": "-", "color": colour, "lw": 0.5, "alpha": 0.5})  # fmt: skip
+    # Spread labels can sit beyond every point: the y range must hold them too.
+    paper = [r["paper_top1"] for r in rows if paper_x_key and r.get(paper_x_key) and r.get("paper_top1")]
+    spread = [r[k] for r in rows if r["seeds"] > 1 for k in ("final_min", "final_max")]
+    shown = ys + label_y + paper + spread
+    low, high = min(shown), max(shown)
+    if high - low < 2.0:  # a lone point gets a readable range, not 0.1-point ticks
+        low, high = (low + high) / 2 - 1.0, (low + high) / 2 + 1.0
+    pad = (high - low) * 0.06
+    ax.set_ylim(low - pad, high + pad)
 
 
 def _accuracy_figure(

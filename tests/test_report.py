@@ -151,3 +151,25 @@ def test_timings_from_bench_json(tmp_path: Path) -> None:
         "train_step_b128_ms": 1000.0,
     }
     assert table[("vgg16", "PSD1_P16")] == {"forward_b1_ms": 2.0, "train_step_b128_ms": 400.0}
+
+
+def test_scatter_labels_stay_inside_the_panel() -> None:
+    from psconv.report_figures import _plt, _scatter_panel
+
+    rows = [
+        {"label": name, "final_top1": y, "seeds": 1, "macs": x, "paper_macs": None, "paper_top1": None}
+        for name, y, x in (
+            ("a", 84.0, 0.03),
+            ("b", 84.01, 0.05),
+            ("c", 84.02, 0.1),
+            ("d", 84.03, 0.2),
+            ("e", 86.0, 0.3),
+        )
+    ]
+    fig, ax = _plt().subplots()
+    _scatter_panel(ax, rows, "macs", "paper_macs")
+    low, high = ax.get_ylim()
+    label_ys = [text.xyann[1] for text in ax.texts]
+    assert len(label_ys) == 5 and all(low < y < high for y in label_ys)
+    assert min(label_ys) < 84.0 - 0.1  # the crowded labels reach below the lowest point's margin
+    _plt().close(fig)
