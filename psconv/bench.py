@@ -20,13 +20,12 @@ resident set's high-water mark over one more step, and that process's peak RSS.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import os
 import platform
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -45,16 +44,6 @@ _CL = torch.channels_last
 
 
 # ----------------------------------------------------------------------------- timing helpers
-@contextlib.contextmanager
-def _backend(name: str) -> Iterator[None]:
-    old = kernels.get_backend()
-    kernels.set_backend(name)
-    try:
-        yield
-    finally:
-        kernels.set_backend(old)
-
-
 # Sample length multiplier (--quick shrinks it: a smoke run takes seconds); the psconv rows' backend.
 _SAMPLE_SCALE, _SPARSE_BACKEND = 1.0, "auto"
 
@@ -73,7 +62,7 @@ def _interleaved(
 
 def _forward_fn(model: nn.Module, x: torch.Tensor, backend: str) -> Callable[[], Any]:
     def fn() -> None:
-        with _backend(backend), torch.no_grad():
+        with kernels.using_backend(backend), torch.no_grad():
             model(x)
 
     return fn
@@ -84,7 +73,7 @@ def _train_fn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, backend: str) 
     opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9, weight_decay=5e-4)
 
     def fn() -> None:
-        with _backend(backend):
+        with kernels.using_backend(backend):
             opt.zero_grad(set_to_none=True)
             F.cross_entropy(model(x), y).backward()
             opt.step()
@@ -168,7 +157,7 @@ def _layer_inputs(
 
             hooks.append(mod.register_forward_pre_hook(hook))
     try:
-        with torch.no_grad(), _backend("reference"):
+        with torch.no_grad(), kernels.using_backend("reference"):
             model.eval()(torch.zeros(batch, 3, image_size, image_size))
     finally:
         for h in hooks:
@@ -187,7 +176,7 @@ def _bench_layer(layer: PSConv2d, shape: tuple[int, ...], repeats: int, train: b
 
     def call(mod: nn.Module, inp: torch.Tensor, backend: str) -> Callable[[], Any]:
         def fn() -> None:
-            with _backend(backend):
+            with kernels.using_backend(backend):
                 if train:
                     mod(inp).sum().backward()
                 else:

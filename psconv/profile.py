@@ -7,6 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from . import kernels
 from .checkpoint import serialize
 from .convert import densify
 from .layers import PSConv2d
@@ -75,7 +76,9 @@ def profile(
         device = param.device if param is not None else torch.device("cpu")
         was_training = model.training
         model.eval()
-        with torch.no_grad():
+        # Counting needs shapes only: the reference path builds no kernel plan and times nothing
+        # (auto would, for each new layer shape: seconds a model).
+        with torch.no_grad(), kernels.using_backend("reference"):
             model(torch.zeros(size, device=device))
         model.train(was_training)
     finally:

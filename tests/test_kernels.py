@@ -332,6 +332,19 @@ def test_set_backend_validation():
     assert kernels.get_backend() == "reference"
 
 
+def test_using_backend_restores_the_previous_one_after_an_error(keep_backend):
+    kernels.set_backend("fast")
+    with pytest.raises(RuntimeError, match="inside"):
+        with kernels.using_backend("reference"):
+            assert kernels.get_backend() == "reference"
+            raise RuntimeError("inside")
+    assert kernels.get_backend() == "fast"
+    with pytest.raises(ValueError, match="backend must be one of"):
+        with kernels.using_backend("bogus"):
+            pass
+    assert kernels.get_backend() == "fast"
+
+
 def _run_py(code: str, **env: str) -> str:
     full = dict(os.environ, **env)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=full, timeout=120)

@@ -61,3 +61,17 @@ def test_tinyimagenet_counts_scale_with_input() -> None:
 def test_bad_input_size() -> None:
     with pytest.raises(ValueError, match="input_size"):
         psconv.profile(psconv.create_model("vgg16"), (32, 32))
+
+
+def test_profile_builds_no_kernel_plan(monkeypatch: pytest.MonkeyPatch, keep_backend: None) -> None:
+    """Counting needs shapes only: no plan building and no autotune timing, whatever the backend."""
+    from psconv.kernels import dispatch
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("profile asked the fast path for a decision")
+
+    monkeypatch.setattr(dispatch, "_backend_wants", refuse)
+    psconv.kernels.set_backend("auto")
+    model = psconv.create_model("resnet18", "PSD2_P8", num_classes=10)
+    assert psconv.profile(model, (1, 3, 32, 32))["macs"] > 0
+    assert psconv.kernels.get_backend() == "auto"

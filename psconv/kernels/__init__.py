@@ -23,7 +23,16 @@ from . import binding
 from .autotune import get_autotune, set_autotune
 from .dispatch import fast_forward, fast_supported, uses_fast
 from .plans import plans_for
-from .switches import AUTO_MIN_RATIO, BACKENDS, PACKINGS, get_backend, get_packing, set_backend, set_packing
+from .switches import (
+    AUTO_MIN_RATIO,
+    BACKENDS,
+    PACKINGS,
+    get_backend,
+    get_packing,
+    set_backend,
+    set_packing,
+    using_backend,
+)
 
 if TYPE_CHECKING:
     from ..layers import PSConv2d
@@ -46,6 +55,7 @@ __all__ = [
     "set_backend",
     "set_packing",
     "uses_fast",
+    "using_backend",
 ]
 
 

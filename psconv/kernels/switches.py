@@ -14,7 +14,9 @@ new plans use. Each has an environment variable (read once, at import) and a set
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 
 __all__ = [
     "BACKENDS",
@@ -22,6 +24,7 @@ __all__ = [
     "AUTO_MIN_RATIO",
     "set_backend",
     "get_backend",
+    "using_backend",
     "set_packing",
     "get_packing",
 ]
@@ -52,6 +55,17 @@ def set_backend(name: str) -> None:
 
 def get_backend() -> str:
     return _state["backend"]
+
+
+@contextlib.contextmanager
+def using_backend(name: str) -> Iterator[None]:
+    """:func:`set_backend` for the length of a ``with`` block (restored after it, errors too)."""
+    old = get_backend()
+    set_backend(name)
+    try:
+        yield
+    finally:
+        set_backend(old)
 
 
 def set_packing(name: str) -> None:
