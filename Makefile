@@ -37,9 +37,9 @@ test-aarch64: $(STAMP)
 	$(AARCH64_CXX) -O2 -std=c++17 -fopenmp -static -Icsrc -o $(ARM_BUILD)/replay \
 		tests/native/replay.cpp $(wildcard csrc/*.cpp) 2>$(ARM_BUILD)/compile.log \
 		|| (cat $(ARM_BUILD)/compile.log; exit 1)
-	$(PY) tests/native/kernel_cases.py write $(ARM_BUILD)/cases.bin
-	qemu-aarch64 $(ARM_BUILD)/replay $(ARM_BUILD)/cases.bin
-	PSCONV_KERNEL_ISA=generic qemu-aarch64 $(ARM_BUILD)/replay $(ARM_BUILD)/cases.bin
+	$(PY) tests/native/kernel_cases.py write $(ARM_BUILD)/cases-neon.bin 4 $(ARM_BUILD)/cases-generic.bin 16
+	qemu-aarch64 $(ARM_BUILD)/replay $(ARM_BUILD)/cases-neon.bin
+	PSCONV_KERNEL_ISA=generic qemu-aarch64 $(ARM_BUILD)/replay $(ARM_BUILD)/cases-generic.bin
 
 aarch64-tools:
 	$(SUDO) apt-get update -qq

@@ -43,6 +43,14 @@ int isa_level() {
 extern "C" {
 int psc_abi_version(void) { return PSC_ABI_VERSION; }
 int psc_isa(void) { return isa_level(); }
+int psc_part_lanes(void) {
+    switch (isa_level()) {
+        case AVX512: return psc_part_lanes_avx512();
+        case AVX2: return psc_part_lanes_avx2();
+        case NEON: return psc_part_lanes_neon();
+        default: return psc_part_lanes_generic();
+    }
+}
 int psc_conv(const psc_args* a) {
     switch (isa_level()) {
         case AVX512: return psc_conv_avx512(a);

@@ -78,6 +78,7 @@ inline void vfence() { _mm_sfence(); }
 
 #else
 #include "psconv_kernels.h"
+extern "C" int psc_part_lanes_avx2(void) { return -2; }
 extern "C" int psc_conv_avx2(const psc_args*) { return -2; }
 extern "C" int psc_gradw_avx2(const psc_args*, const float*) { return -2; }
 extern "C" int psc_gradw2_avx2(const psc_args*, const float*, const int*, int, int, int, int, int, int, int) {

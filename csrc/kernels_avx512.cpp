@@ -71,6 +71,7 @@ inline void vstore_res(float* dst, V v, const psc_epi& e, long at, int nv, bool 
 
 #else
 #include "psconv_kernels.h"
+extern "C" int psc_part_lanes_avx512(void) { return -2; }
 extern "C" int psc_conv_avx512(const psc_args*) { return -2; }
 extern "C" int psc_gradw_avx512(const psc_args*, const float*) { return -2; }
 extern "C" int psc_gradw2_avx512(const psc_args*, const float*, const int*, int, int, int, int, int, int,

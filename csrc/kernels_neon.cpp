@@ -74,6 +74,7 @@ inline void vfence() {}
 
 #else
 #include "psconv_kernels.h"
+extern "C" int psc_part_lanes_neon(void) { return -2; }
 extern "C" int psc_conv_neon(const psc_args*) { return -2; }
 extern "C" int psc_gradw_neon(const psc_args*, const float*) { return -2; }
 extern "C" int psc_gradw2_neon(const psc_args*, const float*, const int*, int, int, int, int, int, int, int) {

@@ -14,6 +14,13 @@
 //   classes [nc][CLS_STRIDE]: tapmask, npos, pos_begin, delta[9] (pixel offsets per tap)
 //   pos     [npos][2]:        out pixel index in image, virtual input pixel index in image
 //
+// Packed weights (w), group after group from float woff16 * 16: the forward kernels read a
+// group of F blocks and n entries part-major, [part h][entry][block][L lanes], where a part is
+// the L = psc_part_lanes() lanes one register of the running build holds (lanes h*L .. h*L+L-1
+// of each 16-lane block): one pass over the group's tiles per part then reads contiguous
+// weights. With L = 16 (AVX-512, generic) that is simply [entry][block][16]. The weight-gradient
+// kernels write that L = 16 layout on every build.
+//
 // Pair-broadcast plans (bcast = 2, for periods that do not divide 16): lane j of a block reads
 // channel d + j % 2 of the pixel (one 8-byte broadcast load); lanes hold filters in any order,
 // so tiles write every block to a per-thread scratch row and outmap puts the lanes back in
@@ -56,7 +63,7 @@ typedef struct {
     int relu;
 } psc_args;
 
-#define PSC_ABI_VERSION 5
+#define PSC_ABI_VERSION 6
 
 // What the store of an output vector adds: bias (at the vector's first filter), the residual
 // at the same place as the output (res + at), then ReLU.
@@ -69,24 +76,29 @@ typedef struct {
 // The entry points (dispatch.cpp): the best build for this CPU, or PSCONV_KERNEL_ISA's.
 int psc_abi_version(void);
 int psc_isa(void);  // 0 generic, 1 avx512, 2 avx2, 3 neon
+int psc_part_lanes(void);  // lanes per register of that build: the packed weights' part width
 int psc_conv(const psc_args* a);
 int psc_gradw(const psc_args* a, const float* dy);
 int psc_gradw2(const psc_args* a, const float* dy, const int* chunks, int nch, int H, int W, int Ho, int Wo,
                int pad_h, int pad_w);
 
 // One build per instruction set.
+int psc_part_lanes_generic(void);
 int psc_conv_generic(const psc_args* a);
 int psc_gradw_generic(const psc_args* a, const float* dy);
 int psc_gradw2_generic(const psc_args* a, const float* dy, const int* chunks, int nch, int H, int W,
                        int Ho, int Wo, int pad_h, int pad_w);
 int psc_gradw2_avx512(const psc_args* a, const float* dy, const int* chunks, int nch, int H, int W,
                       int Ho, int Wo, int pad_h, int pad_w);
+int psc_part_lanes_avx512(void);
 int psc_conv_avx512(const psc_args* a);
 int psc_gradw_avx512(const psc_args* a, const float* dy);
+int psc_part_lanes_avx2(void);
 int psc_conv_avx2(const psc_args* a);
 int psc_gradw_avx2(const psc_args* a, const float* dy);
 int psc_gradw2_avx2(const psc_args* a, const float* dy, const int* chunks, int nch, int H, int W,
                     int Ho, int Wo, int pad_h, int pad_w);
+int psc_part_lanes_neon(void);
 int psc_conv_neon(const psc_args* a);
 int psc_gradw_neon(const psc_args* a, const float* dy);
 int psc_gradw2_neon(const psc_args* a, const float* dy, const int* chunks, int nch, int H, int W,

@@ -156,6 +156,31 @@ def test_pair_packing_plan():
         build_weight_plan(PSConv2d(16, 16, pattern="pSC2").mask.reshape(16, 16, 9).numpy(), vidx, bcast=2)
 
 
+@pytest.mark.parametrize("lanes", [4, 8])
+def test_part_major_order_reads_each_part_contiguously(lanes):
+    from psconv.kernels.plan_builder import build_weight_plan, part_major_order
+
+    mask = PSConv2d(40, 48, pattern="PSD4_P8").mask.reshape(48, 40, 9).numpy().astype(bool)
+    vidx = np.full(mask.shape, -1)
+    vidx[mask] = np.arange(mask.sum())
+    plan = build_weight_plan(mask, vidx)
+    order = part_major_order(plan.groups, plan.total, lanes)
+    assert (np.sort(order) == np.arange(plan.total)).all()
+    assert (part_major_order(plan.groups, plan.total, 16) == np.arange(plan.total)).all()
+    # Float q of part h, entry e, block f, lane j of a group sits at [e][f][h * lanes + j].
+    for nf, *_, e0, e1, woff16 in plan.groups.tolist():
+        n, base = e1 - e0, woff16 * 16
+        for h, e, f, j in [
+            (0, 0, 0, 0),
+            (16 // lanes - 1, n - 1, nf - 1, lanes - 1),
+            (1, n // 2, nf // 2, 1),
+        ]:
+            q = base + ((h * n + e) * nf + f) * lanes + j
+            assert order[q] == base + (e * nf + f) * 16 + h * lanes + j
+    with pytest.raises(ValueError, match="lanes must divide 16, got 3"):
+        part_major_order(plan.groups, plan.total, 3)
+
+
 @needs_kernels
 def test_auto_packing_choice():
     kernels.set_packing("auto")

@@ -6,8 +6,9 @@ given layer, and losing to dense is the one thing ``auto`` must never do. There,
 benchmark mode does, ``auto`` runs both on the layer's shape (interleaved, median of a few
 rounds, a few milliseconds to a second per shape) and keeps the kernel only where it is clearly
 faster. Decisions are kept for the process and on disk, keyed by everything that changes the
-answer: instruction sets (ours and oneDNN's cap), threads, torch version, pattern, channels,
-stride, padding, image size, batch (1, or up to 16), packing, and whether gradients are computed.
+answer: instruction sets (ours and oneDNN's cap), the kernels' ABI version, threads, torch
+version, pattern, channels, stride, padding, image size, batch (1, or up to 16), packing, and
+whether gradients are computed.
 
 Switch (``PSCONV_AUTOTUNE``, :func:`set_autotune`): ``'auto'`` (default: measure where the model
 is not calibrated), ``'on'`` (measure everywhere), ``'off'`` (never: the model where it is
@@ -80,7 +81,9 @@ def cache_path() -> Path:
 
 def _machine_key() -> str:
     cap = os.environ.get("ONEDNN_MAX_CPU_ISA", "")
-    return f"{binding.isa()}|onednn:{cap}|threads:{torch.get_num_threads()}|torch:{torch.__version__}"
+    # The ABI version changes with the kernels' layout: decisions about older kernels are stale.
+    kernels = f"{binding.isa()}:abi{binding.ABI_VERSION}"
+    return f"{kernels}|onednn:{cap}|threads:{torch.get_num_threads()}|torch:{torch.__version__}"
 
 
 def _decisions() -> dict[str, Any]:

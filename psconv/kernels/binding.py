@@ -23,6 +23,7 @@ __all__ = [
     "ABI_VERSION",
     "available",
     "isa",
+    "part_lanes",
     "lib",
     "load_error",
     "PscArgs",
@@ -33,7 +34,7 @@ __all__ = [
 ]
 
 _PKG = Path(__file__).resolve().parent
-ABI_VERSION = 5
+ABI_VERSION = 6
 
 
 class PscArgs(ctypes.Structure):
@@ -105,6 +106,7 @@ def _load() -> tuple[ctypes.CDLL | None, str | None]:
         ] * 7
         handle.psc_gradw2.restype = ctypes.c_int
         handle.psc_isa.restype = ctypes.c_int
+        handle.psc_part_lanes.restype = ctypes.c_int
     except (OSError, AttributeError) as exc:
         return None, f"{path}: {exc}"
     return handle, None
@@ -128,6 +130,14 @@ def isa() -> str:
     if lib is None:
         return "none"
     return ISA_NAMES.get(lib.psc_isa(), "generic")
+
+
+@functools.cache
+def part_lanes() -> int:
+    """Lanes one register of the running build holds (16 on AVX-512, 8 on AVX2, 4 on NEON): the
+    part width of the packed weights the forward kernels read (``csrc/psconv_kernels.h``).
+    16 when the library is not loaded (nothing reads packed weights then)."""
+    return 16 if lib is None else lib.psc_part_lanes()
 
 
 def _check(rc: int, name: str) -> None:

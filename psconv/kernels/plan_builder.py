@@ -240,6 +240,23 @@ def build_weight_plan(
     )
 
 
+def part_major_order(groups: np.ndarray, total: int, lanes: int) -> np.ndarray:
+    """Where each float of the forward kernels' packed layout sits in the [entry][block][16]
+    layout this module builds: a build whose registers hold ``lanes`` floats reads each group as
+    [part][entry][block][lanes] (``csrc/psconv_kernels.h``), so that one pass over a group's
+    tiles per part reads contiguous weights. The identity for 16 lanes."""
+    if lanes <= 0 or 16 % lanes:
+        raise ValueError(f"lanes must divide 16, got {lanes}")
+    order = np.arange(total, dtype=np.int64)
+    if lanes == 16:
+        return order
+    for F, *_, ent_begin, ent_end, woff16 in groups.tolist():
+        nent, base = ent_end - ent_begin, woff16 * 16
+        local = np.arange(nent * F * 16).reshape(nent, F, 16 // lanes, lanes).transpose(2, 0, 1, 3)
+        order[base : base + local.size] = base + local.reshape(-1)
+    return order
+
+
 def build_geometry(mode: int, H: int, W: int, stride: tuple[int, int], pad: tuple[int, int]) -> GeometryPlan:
     """Pixel classes for a 3x3 conv on an H x W input.
 

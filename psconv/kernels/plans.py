@@ -16,8 +16,15 @@ import numpy as np
 import torch
 
 from ..patterns import mask_array
-from . import switches
-from .plan_builder import GeometryPlan, additive_period, build_geometry, build_gradw_chunks, build_weight_plan
+from . import binding, switches
+from .plan_builder import (
+    GeometryPlan,
+    additive_period,
+    build_geometry,
+    build_gradw_chunks,
+    build_weight_plan,
+    part_major_order,
+)
 
 __all__ = ["PlanTensors", "Plans", "plans_for", "geometry", "expected_speedup"]
 
@@ -42,7 +49,7 @@ class PlanTensors:
     groups: torch.Tensor
     segs: torch.Tensor
     ents: torch.Tensor
-    gather: torch.Tensor  # packed position -> value index (nnz: a zero)
+    gather: torch.Tensor  # packed position (as the forward kernels read it) -> value index (nnz: a zero)
     total: int  # packed floats
     ratio: float  # dense MACs / executed lane-MACs
     wrap: bool
@@ -51,7 +58,8 @@ class PlanTensors:
     outmap: torch.Tensor | None = None
     nfb: int = 0
     source: Any = None  # the numpy plan (weight-gradient work lists are built from it)
-    inverse: torch.Tensor | None = None  # value index -> packed position (weight gradient)
+    inverse: torch.Tensor | None = None  # value index -> position in the weight gradient's layout
+    lanes: int = 16  # part width of the forward kernels' layout (binding.part_lanes())
     chunks: torch.Tensor | None = None  # work list of the stride-1 weight-gradient kernel
     # ctypes argument blocks per (geometry, batch, threads): a fresh 24-field structure costs
     # more than a small layer's kernel at batch 1.
@@ -97,7 +105,10 @@ def _efficiency(groups: np.ndarray, bcast: int = 0) -> float:
 def _to_tensors(plan: Any, dense_macs: int) -> PlanTensors:
     outmap = torch.from_numpy(plan.outmap) if plan.outmap is not None else None
     # int32 indices: half the memory of int64, and index_select accepts them.
-    gather = torch.from_numpy(plan.gather.astype(np.int32 if plan.gather.size < 2**31 else np.int64))
+    # Built in the [entry][block][16] layout; the running build may read it in narrower parts.
+    lanes = binding.part_lanes()
+    gather = plan.gather[part_major_order(plan.groups, plan.total, lanes)] if lanes != 16 else plan.gather
+    gather = torch.from_numpy(gather.astype(np.int32 if gather.size < 2**31 else np.int64))
     plan.gather = np.zeros(0, dtype=np.int64)
     nfb = int(plan.groups[:, G_FB0:G_FB_END].max()) + 1 if plan.bcast and len(plan.groups) else 0
     return PlanTensors(
@@ -113,6 +124,7 @@ def _to_tensors(plan: Any, dense_macs: int) -> PlanTensors:
         outmap=outmap,
         nfb=nfb,
         source=plan,
+        lanes=lanes,
     )
 
 
@@ -184,6 +196,8 @@ class Plans:
             inverse[gather[sel]] = np.nonzero(sel)[0]
             if (inverse < 0).any():  # pragma: no cover - the plan covers every kept weight
                 raise AssertionError("packed plan misses kept weights")
+            # The weight-gradient kernels write the [entry][block][16] layout on every build.
+            inverse = part_major_order(plan.groups.numpy(), plan.total, plan.lanes)[inverse]
             plan.inverse = torch.from_numpy(inverse.astype(np.int32))
         return plan
 

@@ -5,8 +5,12 @@ Each case is one call of ``psc_conv`` (forward or gradient w.r.t. the input), ``
 must produce, computed by PyTorch in float64 from the dense masked kernel (independent of the
 compiled kernels). Plans come from the library's own builders, as the operators build them.
 
-    python tests/native/kernel_cases.py write FILE   # cases for replay.cpp (make test-aarch64)
-    python tests/native/kernel_cases.py check        # replay here with the loaded library
+    python tests/native/kernel_cases.py write FILE LANES [FILE LANES ...]  # for replay.cpp
+    python tests/native/kernel_cases.py check  # replay here with the loaded library
+
+LANES is the part width of the build that will replay FILE (``psc_part_lanes()``: 4 for NEON,
+16 for the generic build): the forward kernels' packed weights are laid out for it. Cases keep
+them in the [entry][block][16] layout until then.
 
 ``check`` runs on whatever build ``PSCONV_KERNEL_ISA`` selects (tests/test_native.py runs it
 once per instruction set this CPU has).
@@ -26,7 +30,8 @@ import torch.nn.functional as F
 from psconv import kernels
 from psconv.kernels import binding
 from psconv.kernels.ops import _args, out_size
-from psconv.kernels.plans import geometry, plans_for
+from psconv.kernels.plan_builder import part_major_order
+from psconv.kernels.plans import PlanTensors, geometry, plans_for
 from psconv.layers import PSConv2d
 
 KINDS = {"conv": 0, "gradw": 1, "gradw2": 2}
@@ -44,7 +49,7 @@ SHAPES = (
     (3, 16, 8, 8, 1, 1, 1),
     (128, 64, 3, 30, 1, 1, 1),
 )
-HEADER = b"PSCCASE1"
+HEADER = b"PSCCASE2"
 
 
 @dataclass
@@ -66,6 +71,22 @@ def _f32(t: torch.Tensor | None) -> np.ndarray:
 
 def _nhwc(t: torch.Tensor) -> torch.Tensor:
     return t.permute(0, 2, 3, 1).contiguous()
+
+
+def _packed_blocks(plan: PlanTensors, values: torch.Tensor) -> np.ndarray:
+    """``values`` packed in the [entry][block][16] layout (this process's plans read its own)."""
+    here = plan.packed(values, False).numpy()
+    blocks = np.empty_like(here)
+    blocks[part_major_order(plan.groups.numpy(), plan.total, plan.lanes)] = here
+    return blocks
+
+
+def for_lanes(c: Case, lanes: int) -> dict[str, np.ndarray]:
+    """The case's arrays with its forward weights laid out for a build of ``lanes``-float parts."""
+    if c.kind != "conv":
+        return c.arrays
+    w = c.arrays["w"]
+    return {**c.arrays, "w": w[part_major_order(c.arrays["groups"].reshape(-1, 10), w.size, lanes)]}
 
 
 def _plan_ints(plan, geo, B: int, cin: int, cout: int) -> tuple[dict[str, int], dict[str, np.ndarray]]:
@@ -101,13 +122,13 @@ def _layer_cases(pattern: str, shape: tuple[int, ...], epilogue: bool) -> list[C
 
     ints, arrays = _plan_ints(plans.fwd, geometry(0, H, W, (s, s), (p, p)), B, ci, co)
     ints.update(relu=int(epilogue))
-    arrays.update(x=_f32(_nhwc(x.detach())), w=_f32(plans.fwd.packed(layer.weight_values, False)),
+    arrays.update(x=_f32(_nhwc(x.detach())), w=_packed_blocks(plans.fwd, layer.weight_values),
                   bias=_f32(layer.bias), res=_f32(_nhwc(res)) if epilogue else _f32(None),
                   expected=_f32(_nhwc(y)))  # fmt: skip
     cases.append(Case(f"forward {name}", "conv", ints, arrays, B * Ho * Wo * co))
 
     ints, arrays = _plan_ints(plans.bwd, geometry(1, H, W, (s, s), (p, p)), B, co, ci)
-    arrays.update(x=_f32(_nhwc(dy)), w=_f32(plans.bwd.packed(layer.weight_values, False)),
+    arrays.update(x=_f32(_nhwc(dy)), w=_packed_blocks(plans.bwd, layer.weight_values),
                   expected=_f32(_nhwc(gx)))  # fmt: skip
     cases.append(Case(f"grad-input {name}", "conv", ints, arrays, B * H * W * ci))
 
@@ -143,16 +164,17 @@ INT_FIELDS = ("B", "cin", "cout", "in_pix", "out_pix", "ng", "nc", "wrap", "pmax
               "bcast", "nout", "nfb", "relu", "H", "W", "Ho", "Wo", "ph", "pw")  # fmt: skip
 
 
-def write(path: str, cases: list[Case]) -> None:
-    """Little-endian: header, count; per case its kind, the INT_FIELDS, then each array as a
+def write(path: str, cases: list[Case], lanes: int) -> None:
+    """Little-endian: header, the part width, count; per case its kind, the INT_FIELDS, then each array as a
     count and its values (INT_ARRAYS int32, FLOAT_ARRAYS float32), the output length, the label."""
     with open(path, "wb") as fh:
-        fh.write(HEADER + struct.pack("<i", len(cases)))
+        fh.write(HEADER + struct.pack("<ii", lanes, len(cases)))
         for c in cases:
             fh.write(struct.pack("<i", KINDS[c.kind]))
             fh.write(struct.pack(f"<{len(INT_FIELDS)}i", *(c.ints.get(k, 0) for k in INT_FIELDS)))
+            arrays = for_lanes(c, lanes)
             for name in INT_ARRAYS + FLOAT_ARRAYS:
-                a = c.arrays.get(name, np.zeros(0, np.int32 if name in INT_ARRAYS else np.float32))
+                a = arrays.get(name, np.zeros(0, np.int32 if name in INT_ARRAYS else np.float32))
                 a = a.astype("<i4" if name in INT_ARRAYS else "<f4")
                 fh.write(struct.pack("<q", a.size) + a.tobytes())
             label = c.label.encode()
@@ -166,7 +188,7 @@ def _ptr(a: np.ndarray) -> int | None:
 
 def replay(c: Case) -> np.ndarray:
     """The call run by the loaded library; gradw kinds return the gradient in value order."""
-    a = c.arrays
+    a = for_lanes(c, binding.part_lanes())
     get = {k: a.get(k, np.zeros(0, np.float32)) for k in INT_ARRAYS + FLOAT_ARRAYS}
     out = np.zeros(c.out_len + 16, np.float32)
     y = out[(-out.ctypes.data // 4) % 16 :][: c.out_len]  # 64-byte aligned, like torch's buffers
@@ -207,10 +229,17 @@ def check(cases: list[Case], tol: float = 1e-4) -> list[str]:
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) == 2 and argv[0] == "write":
+    targets = list(zip(argv[1::2], argv[2::2]))
+    if (
+        argv[:1] == ["write"]
+        and len(argv) % 2 == 1
+        and targets
+        and all(n in ("4", "8", "16") for _, n in targets)
+    ):
         cases = build_cases()
-        write(argv[1], cases)
-        print(f"{len(cases)} kernel cases written to {argv[1]}")
+        for path, lanes in targets:
+            write(path, cases, int(lanes))
+            print(f"{len(cases)} kernel cases for {lanes}-lane builds written to {path}")
         return 0
     if argv == ["check"]:
         cases = build_cases()

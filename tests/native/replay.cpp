@@ -100,12 +100,21 @@ int main(int argc, char** argv) {
     }
     Reader r{fopen(argv[1], "rb")};
     char header[8];
-    if (!r.f || fread(header, 1, 8, r.f) != 8 || memcmp(header, "PSCCASE1", 8) != 0) {
+    if (!r.f || fread(header, 1, 8, r.f) != 8 || memcmp(header, "PSCCASE2", 8) != 0) {
         fprintf(stderr, "%s: not a kernel case file\n", argv[1]);
         return 2;
     }
-    const int n = r.get<int32_t>();
     const char* isa_names[] = {"generic", "avx512", "avx2", "neon"};
+    const int isa = psc_isa();
+    const char* isa_name = isa >= 0 && isa < 4 ? isa_names[isa] : "?";
+    // The forward cases' weights are packed for one part width; another build reads them wrongly.
+    const int lanes = r.get<int32_t>();
+    if (lanes != psc_part_lanes()) {
+        fprintf(stderr, "%s: weights packed for %d-lane parts, but the %s build reads %d-lane parts\n", argv[1],
+                lanes, isa_name, psc_part_lanes());
+        return 2;
+    }
+    const int n = r.get<int32_t>();
     int bad = 0, done = 0;
     for (int i = 0; i < n; ++i) {
         const int kind = r.get<int32_t>();
@@ -122,8 +131,6 @@ int main(int argc, char** argv) {
         }
     }
     fclose(r.f);
-    const int isa = psc_isa();
-    printf("%s: %d of %d kernel cases match the reference\n", isa >= 0 && isa < 4 ? isa_names[isa] : "?", done - bad,
-           done);
+    printf("%s: %d of %d kernel cases match the reference\n", isa_name, done - bad, done);
     return bad ? 1 : 0;
 }
