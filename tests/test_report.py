@@ -43,7 +43,7 @@ def test_read_run(tmp_path: Path) -> None:
     assert run["best_top1"] == 55.5 and run["final_top1"] == 50.0 and run["seconds"] == 30.0
 
 
-def test_epoch_seconds_is_each_runs_fastest_epoch(tmp_path: Path) -> None:
+def test_epoch_seconds_is_the_fastest_epoch_of_any_seed(tmp_path: Path) -> None:
     # A paused or disturbed epoch (here 900 s) must not move the time axis.
     runs = [
         fake_run(tmp_path, "s0", "vgg16", "dense", [50.0, 60.0, 61.0], seconds=[120.0, 900.0, 100.0]),
@@ -51,7 +51,7 @@ def test_epoch_seconds_is_each_runs_fastest_epoch(tmp_path: Path) -> None:
     ]
     result = write_report(runs, tmp_path / "out", paper=None)
     (dense,) = result["variants"]
-    assert dense["epoch_seconds"] in (100.0, 104.0)  # the median of two runs' fastest epochs
+    assert dense["epoch_seconds"] == 100.0  # seed 1's epochs (fastest 104 s) were disturbed more
 
 
 def test_read_run_refuses_other_folders(tmp_path: Path) -> None:
