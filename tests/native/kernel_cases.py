@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from psconv import kernels
 from psconv.kernels import binding
 from psconv.kernels.ops import _args, out_size
-from psconv.kernels.plan_builder import part_major_order
+from psconv.kernels.plan_builder import GRP_STRIDE, part_major_order
 from psconv.kernels.plans import PlanTensors, geometry, plans_for
 from psconv.layers import PSConv2d
 
@@ -86,7 +86,7 @@ def for_lanes(c: Case, lanes: int) -> dict[str, np.ndarray]:
     if c.kind != "conv":
         return c.arrays
     w = c.arrays["w"]
-    return {**c.arrays, "w": w[part_major_order(c.arrays["groups"].reshape(-1, 10), w.size, lanes)]}
+    return {**c.arrays, "w": w[part_major_order(c.arrays["groups"].reshape(-1, GRP_STRIDE), w.size, lanes)]}
 
 
 def _plan_ints(plan, geo, B: int, cin: int, cout: int) -> tuple[dict[str, int], dict[str, np.ndarray]]:
@@ -165,8 +165,9 @@ INT_FIELDS = ("B", "cin", "cout", "in_pix", "out_pix", "ng", "nc", "wrap", "pmax
 
 
 def write(path: str, cases: list[Case], lanes: int) -> None:
-    """Little-endian: header, the part width, count; per case its kind, the INT_FIELDS, then each array as a
-    count and its values (INT_ARRAYS int32, FLOAT_ARRAYS float32), the output length, the label."""
+    """Little-endian: header, the part width, count; per case its kind, the INT_FIELDS, then each
+    array as a count and its values (INT_ARRAYS int32, FLOAT_ARRAYS float32), the output length,
+    the label."""
     with open(path, "wb") as fh:
         fh.write(HEADER + struct.pack("<ii", lanes, len(cases)))
         for c in cases:
