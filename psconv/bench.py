@@ -325,7 +325,8 @@ def bench_model(
         sparse[pat] = s
         ideal[pat] = _ideal(s, image_size)
         dense = dense or d
-    assert dense is not None
+    if dense is None:  # no pattern: the dense model alone (e.g. MobileNetV2's training step)
+        dense = _variants(name, "dense", image_size)[1]
     result: dict[str, Any] = {"model": name, "dense": {}, "patterns": {p: {} for p in patterns}}
     for case in cases:
         t = _time_case(case, dense, sparse, batch, image_size, repeats)
@@ -353,7 +354,9 @@ def bench_model(
                 sparse[pat], ideal[pat][1], batch, image_size, repeats, cases
             )
     if memory and "train" in cases:
-        result["dense"]["train_memory"] = _peak_memory(name, patterns[0], "dense", batch, image_size, threads)
+        result["dense"]["train_memory"] = _peak_memory(
+            name, (patterns or ["dense"])[0], "dense", batch, image_size, threads
+        )
         for pat in patterns:
             result["patterns"][pat]["train_memory"] = {
                 "psconv": _peak_memory(name, pat, "psconv", batch, image_size, threads),

@@ -8,10 +8,12 @@ counter from the model definitions, never copied from the paper.
 from __future__ import annotations
 
 import csv
+import functools
 import json
 from pathlib import Path
 from typing import Any
 
+from .data.info import DATASETS
 from .energy import EnergyConstants, energy_estimate
 from .models import DATASET_SHAPES, create_model
 from .patterns import PAPER_PATTERNS, parse_pattern
@@ -114,6 +116,14 @@ def _bench_rows(bench: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+@functools.cache
+def _profile_of(name: str, pattern: str, num_classes: int, side: int) -> dict[str, Any]:
+    """A model's counted complexity (read-only: shared by every table of this process that needs
+    it; counting a model takes about a second)."""
+    model = create_model(name, pattern, num_classes=num_classes, image_size=side)
+    return profile(model, (1, 3, side, side), file_size=False)
+
+
 def complexity_rows(
     models: tuple[str, ...] = ("vgg16", "resnet18"), datasets: tuple[str, ...] = tuple(DATASET_SHAPES)
 ) -> list[dict[str, Any]]:
@@ -123,8 +133,7 @@ def complexity_rows(
         side, classes = DATASET_SHAPES[dataset]
         for name in models:
             for pattern in PAPER_PATTERNS:
-                model = create_model(name, pattern, num_classes=classes, image_size=side)
-                result = profile(model, (1, 3, side, side), file_size=False)
+                result = _profile_of(name, pattern, classes, side)
                 rows.append(
                     {
                         "model": name,
@@ -149,8 +158,7 @@ def energy_rows(
     rows = []
     for name in models:
         for pattern in patterns:
-            model = create_model(name, pattern, num_classes=classes, image_size=side)
-            est = energy_estimate(profile(model, (1, 3, side, side), file_size=False), constants)
+            est = energy_estimate(_profile_of(name, pattern, classes, side), constants)
             fmt = est["formats"]
             rows.append(
                 {
@@ -201,8 +209,7 @@ def _run_rows(
     rows = []
     for run in runs:
         side, classes = DATASET_SHAPES.get(run["dataset"], (32, 10))
-        result = profile(create_model(run["model"], run["pattern"], num_classes=classes, image_size=side),
-                         (1, 3, side, side), file_size=False)  # fmt: skip
+        result = _profile_of(run["model"], run["pattern"], classes, side)
         config = run["config"]
         row = {
             "run": run["name"],
@@ -224,6 +231,24 @@ def _run_rows(
     return rows
 
 
+def _bench_epoch_seconds(run: dict[str, Any], row: dict[str, Any]) -> float | None:
+    """An epoch of this run's training steps at the speed ``psconv bench`` measured (batch 128),
+    for single-process runs on a whole official training split (minus any holdout)."""
+    config, info = run["config"], DATASETS.get(run["dataset"])
+    step_ms = row.get("train_step_b128_ms")
+    single = (run["summary"].get("world_size") or 1) == 1
+    if (
+        step_ms is None
+        or info is None
+        or config.get("batch_size") != 128
+        or config.get("train_subset")
+        or not single
+    ):
+        return None
+    steps = (info.train_images - (config.get("holdout") or 0)) // 128
+    return round(step_ms * steps / 1000, 1)
+
+
 # The paper's light-network points (its comparison figure; reference README), CIFAR-10.
 PAPER_LIGHT = {("mobilenetv2", "cifar10"): (90.35, 0.090), ("shufflenet", "cifar10"): (88.91, 0.098)}
 _LABELS = {"mobilenetv2": "MobileNetV2", "shufflenet": "ShuffleNet"}
@@ -234,7 +259,9 @@ def variant_rows(
 ) -> list[dict[str, Any]]:
     """One row per (model, pattern, dataset): final-epoch top-1 mean and spread over seeds, gap to
     the dense model's mean, the paper's top-1 and gap, seconds per epoch on this machine (the
-    fastest epoch of any of its seeds: the same work, so the slower ones were disturbed)."""
+    fastest epoch of any of its seeds: the same work, so the slower ones were disturbed) and,
+    where ``psconv bench`` timings were given, an epoch of training steps at the benchmark's
+    speed (every variant timed in one session, so they compare; run times span days)."""
     import statistics
 
     finished = [
@@ -254,12 +281,14 @@ def variant_rows(
         epoch_s = [
             min((m["seconds"] for m in run["metrics"] if m.get("seconds")), default=None) for run, _ in sel
         ]
+        bench_s = [_bench_epoch_seconds(run, run_row) for run, run_row in sel]
         row: dict[str, Any] = {"model": model, "pattern": pattern, "dataset": dataset, "seeds": len(sel),
                                "final_top1": round(statistics.mean(finals), 2), "final_min": min(finals),
                                "final_max": max(finals), "final_std": round(statistics.stdev(finals), 2) if len(finals) > 1 else None,
                                "best_top1": round(statistics.mean(run["best_top1"] for run, _ in sel), 2),
                                "epochs": sel[0][1]["epochs"], "macs_G": sel[0][1]["macs_G"], "params_M": sel[0][1]["params_M"],
-                               "epoch_seconds": min((s for s in epoch_s if s), default=None), "label": _LABELS.get(model, pattern)}  # fmt: skip
+                               "epoch_seconds": min((s for s in epoch_s if s), default=None), "label": _LABELS.get(model, pattern),
+                               "bench_epoch_seconds": next((s for s in bench_s if s), None)}  # fmt: skip
         ref = paper.get((model, dataset, _paper_name(pattern)))
         light = PAPER_LIGHT.get((model, dataset)) if pattern == "dense" else None
         row["paper_top1"], row["paper_macs_G"] = (
@@ -348,6 +377,8 @@ def _accuracy_sections(
                    ("final_std", "std over seeds"), ("gap_to_dense", "gap to dense"), ("paper_top1", "paper top-1"),
                    ("paper_gap", "paper gap"), ("gap_minus_paper_gap", "our gap - paper gap"),
                    ("best_top1", "best epoch (test-picked)"), ("macs_G", "GMACs"), ("epoch_seconds", "s / epoch")]  # fmt: skip
+        if any(v.get("bench_epoch_seconds") for v in variants):
+            columns.append(("bench_epoch_seconds", "s / epoch (bench)"))
         sections += ["## Accuracy against the paper (final epoch)", "", _md_table(variants, columns), "",
                      f"**Budget.** {_budget(run_rows)}, against the paper's 150 epochs. The number reported is "
                      "the final epoch's test top-1; the best epoch is picked on the test set and shown only "
@@ -355,7 +386,11 @@ def _accuracy_sections(
                      "more, so a difference of a few tenths of a point is within seed noise. Accuracy on the "
                      "CIFAR-10 JPEG copy is not accuracy on the official images. A gap is the variant's top-1 "
                      "minus its dense twin's (negative: below dense); 'our gap - paper gap' of -1 or more "
-                     "means the variant loses at most one point more than it does in the paper.", ""]  # fmt: skip
+                     "means the variant loses at most one point more than it does in the paper. 's / epoch' "
+                     "is the fastest epoch of the variant's runs, which ran on different days of a machine "
+                     "whose speed varies between days; 's / epoch (bench)', where given, is an epoch of "
+                     "training steps at the speed `psconv bench` measured for every variant in one session: "
+                     "the time figure uses it when every variant has it.", ""]  # fmt: skip
     columns = [("run", "run"), ("model", "model"), ("pattern", "pattern"), ("dataset", "dataset"),
                ("params_M", "params (M)"), ("macs_G", "MACs (G)"), ("epochs", "epochs"),
                ("train_images", "train images"), ("final_top1", "final top-1"), ("best_top1", "best top-1"),

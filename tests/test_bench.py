@@ -57,6 +57,16 @@ def test_bench_cli_quick_json(capsys, tmp_path):
     assert res["model"] == "resnet18" and res["patterns"]["PS1_P9"]["fwd1"]["speedup"] > 0
 
 
+def test_bench_without_patterns_times_the_dense_model_alone(capsys):
+    from psconv.cli import main
+
+    argv = ["bench", "--quick", "--models", "shufflenet", "--patterns", "--cases", "fwd1", "--json"]
+    assert main(argv) == 0
+    (res,) = json.loads(capsys.readouterr().out)["models"]
+    assert res["model"] == "shufflenet" and res["patterns"] == {}
+    assert res["dense"]["fwd1"]["ms"] > 0
+
+
 def test_peak_memory_probe():
     mem = bench._peak_memory("vgg16", "PS4_P4", "psconv", 2, 32, 1)
     assert mem["peak_rss_mib"] > 50 and mem["step_mib"] >= 0

@@ -18,6 +18,7 @@ def fake_run(
     accs: list[float],
     finished: bool = True,
     seconds: list[float] | None = None,
+    config: dict | None = None,
 ) -> Path:
     """A run folder in the format psconv train writes (config.json, metrics.csv, summary.json)."""
     folder = root / name
@@ -25,7 +26,7 @@ def fake_run(
     if finished:
         (folder / "summary.json").write_text(json.dumps({"final_top1": accs[-1], "epochs": len(accs)}))
     (folder / "config.json").write_text(
-        json.dumps({"model": model, "pattern": pattern, "dataset": "cifar10"})
+        json.dumps({"model": model, "pattern": pattern, "dataset": "cifar10", **(config or {})})
     )
     with (folder / "metrics.csv").open("w", newline="") as handle:
         writer = csv.writer(handle)
@@ -151,6 +152,30 @@ def test_timings_from_bench_json(tmp_path: Path) -> None:
         "train_step_b128_ms": 1000.0,
     }
     assert table[("vgg16", "PSD1_P16")] == {"forward_b1_ms": 2.0, "train_step_b128_ms": 400.0}
+
+
+def test_bench_epoch_seconds_are_step_times_times_steps_per_epoch(tmp_path: Path) -> None:
+    from psconv.report_figures import _time_axis
+
+    runs = [
+        fake_run(tmp_path, "d", "vgg16", "dense", [50.0, 60.0], config={"batch_size": 128}),
+        fake_run(tmp_path, "h", "vgg16", "PS1_P9", [50.0, 58.0], config={"batch_size": 128, "holdout": 5000}),
+        # A subset run's epoch has fewer steps than the bench knows of: no bench time.
+        fake_run(
+            tmp_path, "s", "vgg16", "PSD1_P16", [40.0, 55.0], config={"batch_size": 128, "train_subset": 5000}
+        ),
+    ]
+    rows = [{"model": "vgg16", "pattern": p, "train_step_b128_ms": ms}
+            for p, ms in (("dense", 1000.0), ("PS1_P9", 300.0), ("PSD1_P16", 400.0))]  # fmt: skip
+    timings = tmp_path / "steps.json"
+    timings.write_text(json.dumps({"rows": rows}))
+    variants = write_report(runs, tmp_path / "out", timings=timings)["variants"]
+    by_pattern = {v["pattern"]: v["bench_epoch_seconds"] for v in variants}
+    # 50,000 CIFAR-10 training images: 390 full batches of 128; 45,000 after a 5,000 holdout: 351.
+    assert by_pattern == {"dense": 390.0, "PS1_P9": 105.3, "PSD1_P16": None}
+    assert _time_axis(variants)[0] == "epoch_seconds"  # not every variant has a bench time
+    assert _time_axis([v for v in variants if v["bench_epoch_seconds"]])[0] == "bench_epoch_seconds"
+    assert "s / epoch (bench)" in (tmp_path / "out" / "report.md").read_text()
 
 
 def test_scatter_labels_stay_inside_the_panel() -> None:

@@ -13,7 +13,8 @@ from ..fileio import atomic_write
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="time sparse models against dense and masked-dense (CPU)")
     p.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS), help="models to time")
-    p.add_argument("--patterns", nargs="+", default=list(DEFAULT_PATTERNS), help="pattern specs")
+    p.add_argument("--patterns", nargs="*", default=list(DEFAULT_PATTERNS),
+                   help="pattern specs (none: time the dense model only)")  # fmt: skip
     p.add_argument("--batch", type=int, default=128, help="large batch (forward and training step)")
     p.add_argument("--image-size", type=int, default=32, help="input side (32: CIFAR-10)")
     p.add_argument("--repeats", type=int, default=5, help="interleaved rounds (median is reported)")

@@ -25,6 +25,7 @@ class DatasetInfo:
     archive: str
     md5: str
     layout_hint: str
+    train_images: int  # the official training split
 
 
 DATASETS: dict[str, DatasetInfo] = {
@@ -35,6 +36,7 @@ DATASETS: dict[str, DatasetInfo] = {
         url="https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
         archive="cifar-10-python.tar.gz",
         md5="c58f30108f718f92721af3b95e74349a",
+        train_images=50_000,
         layout_hint=(
             "the official python batches (cifar-10-batches-py/data_batch_1..5, test_batch), an "
             "image folder (train/<class>/*.jpg|png and test/<class>/*), an archive of either "
@@ -48,6 +50,7 @@ DATASETS: dict[str, DatasetInfo] = {
         url="http://cs231n.stanford.edu/tiny-imagenet-200.zip",
         archive="tiny-imagenet-200.zip",
         md5="90528d7ca1a48142e341f4ef8d21d0de",
+        train_images=100_000,
         layout_hint=(
             "Tiny ImageNet's official layout (tiny-imagenet-200/ with wnids.txt, words.txt, "
             "train/<wnid>/images/*.JPEG, val/images/*.JPEG and val/val_annotations.txt) or an "
