@@ -175,7 +175,7 @@ def _time_axis(variants: list[dict[str, Any]]) -> tuple[str, None, str]:
         return (
             "bench_epoch_seconds",
             None,
-            "seconds per epoch of training steps (psconv bench, one session, this CPU)",
+            "seconds per epoch of steps (one psconv bench session)",
         )
     return "epoch_seconds", None, "measured seconds per training epoch (this CPU)"
 
