@@ -114,3 +114,15 @@ def test_auto_mode_measures_only_where_the_model_is_not_calibrated():
 def test_set_autotune_names_the_choices():
     with pytest.raises(ValueError, match=r"autotune must be one of \('auto', 'on', 'off'\), got 'yes'"):
         autotune.set_autotune("yes")
+
+
+@needs_kernels
+def test_measures_under_inference_mode():
+    """A model run under torch.inference_mode still gets its layers measured and run."""
+    layer, x = _layer_and_input()
+    with torch.inference_mode():
+        y = layer(x)
+        assert _key(layer, x) in json.loads(autotune.cache_path().read_text())["layers"]
+    kernels.set_backend("reference")
+    with torch.no_grad():
+        torch.testing.assert_close(y, layer(x), rtol=1e-4, atol=1e-4)

@@ -110,3 +110,21 @@ def test_reference_path_follows_weight_updates_without_gradients(channels_last: 
         assert got.is_contiguous(memory_format=torch.channels_last) or not channels_last
     torch.testing.assert_close(after_load, F.conv2d(x, layer.dense_weight(), layer.bias, 1, 1))
     torch.testing.assert_close(after_update * 3, after_load)
+
+
+@pytest.mark.parametrize("backend", ["reference", "fast"])
+def test_layer_made_under_inference_mode_runs_and_sees_in_place_updates(backend: str) -> None:
+    """Inference tensors carry no version counter: the caches keyed on it must step aside."""
+    if backend == "fast" and not psconv.kernels.kernels_available():
+        pytest.skip("compiled kernels not built")
+    psconv.set_backend(backend)
+    x = torch.randn(2, 16, 6, 6)
+    with torch.inference_mode():
+        layer = PSConv2d(16, 16, pattern="PSD4_P8")
+        assert layer.weight_values.is_inference()
+        first = layer(x)
+        layer.weight_values.mul_(2.0)
+        second = layer(x)
+        expected = F.conv2d(x, layer.dense_weight(), layer.bias, 1, 1)
+    torch.testing.assert_close(second, expected, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(first * 2, second, rtol=1e-4, atol=1e-4)

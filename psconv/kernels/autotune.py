@@ -120,6 +120,13 @@ def _median_ms(
 
 
 def _measure(pattern: str, cout: int, cin: int, seed: int, shape: tuple[int, ...]) -> dict[str, Any]:
+    # Ordinary tensors even when the model runs under torch.inference_mode: the timed operator
+    # caches by version counter, which inference tensors lack.
+    with torch.inference_mode(False):
+        return _measure_shape(pattern, cout, cin, seed, shape)
+
+
+def _measure_shape(pattern: str, cout: int, cin: int, seed: int, shape: tuple[int, ...]) -> dict[str, Any]:
     from .ops import conv
 
     s0, s1, p0, p1, H, W, batch, grads = shape

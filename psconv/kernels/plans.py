@@ -69,7 +69,11 @@ class PlanTensors:
 
     def packed(self, values: torch.Tensor, cache: bool) -> torch.Tensor:
         """``values`` in this plan's packed order. Cached per live tensor and version when
-        ``cache`` (inference); in training the values change every step, so never kept."""
+        ``cache`` (inference); in training the values change every step, so never kept.
+        Tensors made under ``torch.inference_mode`` carry no version counter to tell an
+        in-place change by: they are packed on every call."""
+        if values.is_inference():
+            cache = False
         key = id(values)
         hit = self.packed_cache.get(key)
         if hit is not None and hit[0]() is values and hit[1] == values._version:
