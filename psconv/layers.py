@@ -138,6 +138,8 @@ class PSConv2d(nn.Module):
             return None
         if torch.compiler.is_compiling() or type(values) not in _PLAIN or type(x) not in _PLAIN:
             return None  # a tracer's tensors (fake, functional) have no version to key on
+        if torch.jit.is_tracing():
+            return None  # a cached kernel would be baked into the trace as a constant
         if values.is_inference():
             return None  # nor do tensors made under torch.inference_mode
         cl = _channels_last(x)

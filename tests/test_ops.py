@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 
@@ -100,6 +102,24 @@ def test_export_round_trips_with_a_free_batch(tmp_path) -> None:
         for b in (1, 5):
             xb = torch.randn(b, 3, 32, 32)
             torch.testing.assert_close(loaded(xb), model(xb), rtol=1e-5, atol=1e-5)
+
+
+@needs_kernels
+@pytest.mark.parametrize("inference_form", [False, True], ids=["model", "optimized"])
+def test_jit_trace_records_the_operator(tmp_path, inference_form: bool) -> None:
+    """torch.jit.trace sees the operator (not a direct call it cannot record): the trace keeps
+    the sparse kernels, runs any batch size and survives save and load."""
+    model = _spread(psconv.create_model("resnet18", "PSD1_P16")).eval()
+    model = psconv.optimize_for_inference(model) if inference_form else model
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)  # shape checks, batch-generic here
+        traced = torch.jit.trace(model, torch.randn(2, 3, 32, 32))
+    assert "psconv::conv" in str(traced.inlined_graph)
+    torch.jit.save(traced, tmp_path / "m.pt")
+    loaded = torch.jit.load(tmp_path / "m.pt")
+    with torch.no_grad():
+        x = torch.randn(3, 3, 32, 32)
+        torch.testing.assert_close(loaded(x), model(x), rtol=1e-5, atol=1e-5)
 
 
 @needs_kernels

@@ -148,6 +148,8 @@ def fast_forward(
     )
     args = (x, values, bias, layer.pattern.name, layer.seed, layer.out_channels, list(layer.stride),
             list(layer.padding), relu, not needs_grad, residual)  # fmt: skip
-    if not needs_grad and type(x) is torch.Tensor and not torch.compiler.is_compiling():
+    # The direct call is invisible to tracers: torch.jit.trace must record the operator.
+    tracing = torch.compiler.is_compiling() or torch.jit.is_tracing()
+    if not needs_grad and type(x) is torch.Tensor and not tracing:
         return conv_impl(*args)  # no dispatcher, no autograd: what eager inference at batch 1 wants
     return conv(*args)
