@@ -51,11 +51,29 @@ def test_opcheck(pattern: str, ci: int, co: int, stride: int, bias: bool, relu: 
     args = (x, values, b, pattern, 0, co, [stride, stride], [1, 1], relu, False)
     torch.library.opcheck(ops.conv, args)
     out = ops.conv(*args)
-    grad = torch.randn(out.shape, generator=g)
-    torch.library.opcheck(
-        ops.conv_grad_input, (grad, values.detach(), pattern, 0, ci, [7, 6], [stride] * 2, [1, 1])
-    )
-    torch.library.opcheck(ops.conv_grad_weight, (x.detach(), grad, pattern, 0, nnz, [stride] * 2, [1, 1]))
+    # The gradients are differentiable operators too (second derivatives): inputs with grads.
+    grad = torch.randn(out.shape, generator=g, requires_grad=True)
+    torch.library.opcheck(ops.conv_grad_input, (grad, values, pattern, 0, ci, [7, 6], [stride] * 2, [1, 1]))
+    torch.library.opcheck(ops.conv_grad_weight, (x, grad, pattern, 0, nnz, [stride] * 2, [1, 1]))
+
+
+@needs_kernels
+@pytest.mark.parametrize(("pattern", "ci", "co", "stride"), [("PSD2_P8", 16, 16, 1), ("PS1_P9", 17, 9, 2)])
+def test_second_derivatives_equal_the_reference(pattern: str, ci: int, co: int, stride: int) -> None:
+    """A gradient penalty (gradients of gradients) through the kernels equals the reference's."""
+    layer = psconv.PSConv2d(ci, co, pattern=pattern, stride=stride)
+    x0 = torch.randn(2, ci, 9, 8)
+    results = []
+    for backend in ("reference", "fast"):
+        kernels.set_backend(backend)
+        layer.zero_grad()
+        x = x0.clone().requires_grad_(True)
+        loss = torch.relu(layer(x)).square().sum()
+        gx, gw = torch.autograd.grad(loss, (x, layer.weight_values), create_graph=True)
+        (gx.square().sum() + gw.sin().sum()).backward()
+        results.append((gx.detach(), gw.detach(), x.grad, layer.weight_values.grad.clone()))
+    for want, got in zip(*results):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5 * want.abs().max().item())
 
 
 @needs_kernels

@@ -221,3 +221,47 @@ def _backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
 
 
 conv.register_autograd(_backward, setup_context=_setup_context)
+
+
+# The two gradients are linear in each argument, and their own gradients are the three
+# operators again: a second derivative (gradient penalties, Hessian-vector products) runs on
+# the kernels too.
+def _grad_input_setup(ctx: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
+    grad, values, pattern, seed, _, _, stride, padding = inputs
+    ctx.save_for_backward(grad, values)
+    ctx.conf = (pattern, seed, stride, padding)
+
+
+def _grad_input_backward(ctx: Any, ggx: torch.Tensor) -> tuple[Any, ...]:
+    grad, values = ctx.saved_tensors
+    pattern, seed, stride, padding = ctx.conf
+    d_grad = d_values = None
+    if ctx.needs_input_grad[0]:
+        d_grad = conv(ggx, values, None, pattern, seed, grad.shape[1], stride, padding, False, False)
+    if ctx.needs_input_grad[1]:
+        d_values = conv_grad_weight(ggx, grad, pattern, seed, values.shape[0], stride, padding)
+    return d_grad, d_values, None, None, None, None, None, None
+
+
+conv_grad_input.register_autograd(_grad_input_backward, setup_context=_grad_input_setup)
+
+
+def _grad_weight_setup(ctx: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
+    x, grad, pattern, seed, _, stride, padding = inputs
+    ctx.save_for_backward(x, grad)
+    ctx.conf = (pattern, seed, stride, padding)
+
+
+def _grad_weight_backward(ctx: Any, ggw: torch.Tensor) -> tuple[Any, ...]:
+    x, grad = ctx.saved_tensors
+    pattern, seed, stride, padding = ctx.conf
+    d_x = d_grad = None
+    if ctx.needs_input_grad[0]:
+        size = [x.shape[2], x.shape[3]]
+        d_x = conv_grad_input(grad, ggw, pattern, seed, x.shape[1], size, stride, padding)
+    if ctx.needs_input_grad[1]:
+        d_grad = conv(x, ggw, None, pattern, seed, grad.shape[1], stride, padding, False, False)
+    return d_x, d_grad, None, None, None, None, None
+
+
+conv_grad_weight.register_autograd(_grad_weight_backward, setup_context=_grad_weight_setup)
