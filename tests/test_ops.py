@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import warnings
 
 import pytest
@@ -192,3 +193,29 @@ def test_struct_layout_and_abi_match_the_header() -> None:
     assert int(re.search(r"#define PSC_ABI_VERSION (\d+)", header).group(1)) == binding.ABI_VERSION
     if binding.available():
         assert binding.lib.psc_abi_version() == binding.ABI_VERSION
+
+
+@needs_kernels
+def test_threads_sharing_a_layer_get_their_own_outputs() -> None:
+    """A server may run one model from several Python threads (ctypes releases the GIL): each
+    call fills its own argument block, so no thread's kernel reads another's pointers."""
+    layer = psconv.PSConv2d(32, 32, pattern="PSD2_P8").eval()
+    xs = [torch.randn(1, 32, 8, 8) for _ in range(4)]
+    with torch.no_grad():
+        want = [layer(x) for x in xs]
+        plan = ops.plans_for("PSD2_P8", 32, 32, 0).fwd
+        geo = ops.geometry(0, 8, 8, (1, 1), (1, 1))
+        first, second = ops._args(plan, geo, 1, 32, 32), ops._args(plan, geo, 1, 32, 32)
+    assert first is not second and bytes(first) == bytes(second)
+    wrong = []
+
+    def work(i: int) -> None:
+        with torch.no_grad():
+            wrong.extend(i for _ in range(300) if not torch.equal(layer(xs[i]), want[i]))
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert wrong == []

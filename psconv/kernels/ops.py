@@ -33,7 +33,8 @@ def out_size(n: int, stride: int, pad: int) -> int:
 
 
 def _args(plan: PlanTensors, geo: Any, B: int, cin: int, cout: int) -> binding.PscArgs:
-    """The ctypes argument block of a plan and geometry (cached: pointers of the call set later)."""
+    """The ctypes argument block of a plan and geometry, the caller's own copy (its pointers
+    are set per call, and two threads may run the same layer at once); the template is cached."""
     g, classes, pos = geo
     nthreads = max(torch.get_num_threads(), 1)
     key = (id(classes), B, cin, cout, nthreads)
@@ -49,7 +50,7 @@ def _args(plan: PlanTensors, geo: Any, B: int, cin: int, cout: int) -> binding.P
             plan.nfb,
         )  # fmt: skip
         plan.args_cache[key] = args
-    return args
+    return binding.PscArgs.from_buffer_copy(args)  # 0.3 us; building one costs 10x that
 
 
 def _set_pointers(
