@@ -78,12 +78,17 @@ def test_second_derivatives_equal_the_reference(pattern: str, ci: int, co: int, 
 
 
 @needs_kernels
-@pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
-def test_compile_captures_a_sparse_resnet_whole(train: bool) -> None:
+@pytest.mark.parametrize("backend", ["fast", "auto"])
+@pytest.mark.parametrize("mode", ["train", "eval", "no_grad"])
+def test_compile_captures_a_sparse_resnet_whole(mode: str, backend: str) -> None:
+    """'auto' (the default) included: its per-layer decision must not call into the library
+    while dynamo traces."""
+    kernels.set_backend(backend)
     torch._dynamo.reset()
-    model = _spread(psconv.create_model("resnet18", "PS1_P9")).train(train)
+    model = _spread(psconv.create_model("resnet18", "PS1_P9")).train(mode == "train")
     x = torch.randn(2, 3, 32, 32)
-    explained = torch._dynamo.explain(model)(x)
+    with torch.set_grad_enabled(mode != "no_grad"):
+        explained = torch._dynamo.explain(model)(x)
     assert explained.graph_break_count == 0, explained.break_reasons
     assert explained.graph_count == 1
 

@@ -12,10 +12,10 @@ equal the library's ``psc_abi_version()`` (a test checks both against the header
 from __future__ import annotations
 
 import ctypes
-import functools
 import glob
 import os
 from pathlib import Path
+from typing import Any
 
 import torch  # noqa: F401  (loads torch's libgomp first, so the library shares its thread pool)
 
@@ -123,21 +123,27 @@ def available() -> bool:
 ISA_NAMES = {0: "generic", 1: "avx512", 2: "avx2", 3: "neon"}
 
 
-@functools.cache
+def _isa_of(handle: Any) -> str:
+    return "none" if handle is None else ISA_NAMES.get(handle.psc_isa(), "generic")
+
+
+# Read once at load, as plain values: torch.compile reads them without tracing a ctypes call
+# (which would break the graph at every layer).
+_ISA = _isa_of(lib)
+_PART_LANES = 16 if lib is None else int(lib.psc_part_lanes())
+
+
 def isa() -> str:
     """The kernels' instruction set: 'avx512', 'avx2', 'neon', 'generic', or 'none' (not loaded).
     The library picks it once, when loaded (csrc/dispatch.cpp)."""
-    if lib is None:
-        return "none"
-    return ISA_NAMES.get(lib.psc_isa(), "generic")
+    return _ISA
 
 
-@functools.cache
 def part_lanes() -> int:
     """Lanes one register of the running build holds (16 on AVX-512, 8 on AVX2, 4 on NEON): the
     part width of the packed weights the forward kernels read (``csrc/psconv_kernels.h``).
     16 when the library is not loaded (nothing reads packed weights then)."""
-    return 16 if lib is None else lib.psc_part_lanes()
+    return _PART_LANES
 
 
 def _check(rc: int, name: str) -> None:
