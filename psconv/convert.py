@@ -64,6 +64,8 @@ def sparsify(
     the choice; ``skip_first=False`` converts the first conv too. Kept weights are copied from
     the dense ones. Returns ``model``.
     """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"sparsify: model must be a torch.nn.Module, got {type(model).__name__}")
     spec = parse_pattern(pattern)
     if spec.is_dense:
         return model

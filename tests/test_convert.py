@@ -60,3 +60,8 @@ def test_dense_spec_is_a_no_op():
 def test_bad_pattern_is_refused():
     with pytest.raises(ValueError, match="unknown pattern 'bogus'"):
         psconv.sparsify(small_net(), "bogus")
+
+
+def test_a_model_that_is_not_a_module_is_refused():
+    with pytest.raises(TypeError, match="model must be a torch.nn.Module, got str"):
+        psconv.sparsify("resnet18", "PSD1_P16")
