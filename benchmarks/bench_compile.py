@@ -55,7 +55,10 @@ def main() -> None:
     x, y = torch.randn(args.batch, 3, 32, 32), torch.randint(0, 10, (args.batch,))
     x1 = torch.randn(1, 3, 32, 32)
     cases = {
-        f"train step b={args.batch}": {"eager": _train_step(eager, x, y), "compiled": _train_step(compiled, x, y)},
+        f"train step b={args.batch}": {
+            "eager": _train_step(eager, x, y),
+            "compiled": _train_step(compiled, x, y),
+        },
         "eval forward b=1": {"eager": _forward(eager, x1), "compiled": _forward(compiled, x1)},
     }
     for name, fns in cases.items():
