@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from psconv import kernels
 from psconv.cli import main
+from psconv.kernels import autotune
 from psconv.run_files import read_metrics
 
 REPO = Path(__file__).resolve().parents[1]
@@ -60,6 +62,34 @@ def _bad_runs(npz: Path, tmp: Path) -> list[tuple[list[str], str]]:
         (["eval", "--checkpoint", str(bogus), "--device", "gpu7"], "is not a device"),
         (["train", "--device", "gpu7", *data], "is not a device"),
     ]
+
+
+@pytest.mark.skipif(not kernels.kernels_available(), reason="compiled kernels not built")
+def test_train_and_eval_with_measured_auto(
+    cifar_npz: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """What 'auto' does on CPUs without a calibrated model (AVX2, ARM): it measures each layer
+    shape, also the first time one is seen inside evaluation's torch.inference_mode (this
+    crashed every training run on such CPUs at its first test pass)."""
+    monkeypatch.setenv("PSCONV_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setitem(autotune._state, "decisions", None)
+    old = (kernels.get_backend(), autotune.get_autotune())
+    kernels.set_backend("auto")
+    autotune.set_autotune("on")
+    try:
+        run = tmp_path / "run"
+        common = ["--data-dir", str(cifar_npz), "--test-subset", "32"]
+        argv = ["train", "--model", "vgg16", "--pattern", "PSD1_P16", "--epochs", "1", "--batch-size", "16"]
+        argv += ["--train-subset", "32", "--num-threads", "1", "--out", str(run), *common]
+        assert main(argv) == 0
+        capsys.readouterr()
+        assert main(["eval", "--checkpoint", str(run / "last.safetensors"), "--json", *common]) == 0
+    finally:
+        kernels.set_backend(old[0])
+        autotune.set_autotune(old[1])
+        autotune._state["decisions"] = None
+    assert json.loads(capsys.readouterr().out)["images"] == 32
+    assert (tmp_path / "cache" / autotune.cache_path().name).is_file()
 
 
 def test_cli_errors_are_one_line(
