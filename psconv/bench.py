@@ -211,8 +211,8 @@ def _layer_table(
             if key not in cache:
                 t = _bench_layer(layer, shape, repeats, train=case == "train")
                 dense = min(t["dense/nchw"], t["dense/cl"])
-                x = torch.empty(shape)
-                fast = kernels.uses_fast(layer, x)
+                with kernels.using_backend(_SPARSE_BACKEND):  # the backend the row was timed on
+                    fast = kernels.uses_fast(layer, torch.empty(shape))
                 cache[key] = {
                     "dense_ms": dense * 1e3,
                     "masked_ms": t["masked"] * 1e3,
