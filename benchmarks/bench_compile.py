@@ -13,29 +13,10 @@ import argparse
 import copy
 
 import torch
-import torch.nn.functional as F
 
 from psconv import timing, tune_allocator
+from psconv.bench import _forward_fn, _train_fn
 from psconv.models import create_model
-
-
-def _train_step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor):  # type: ignore[no-untyped-def]
-    opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
-
-    def step() -> None:
-        opt.zero_grad(set_to_none=True)
-        F.cross_entropy(model(x), y).backward()
-        opt.step()
-
-    return step
-
-
-def _forward(model: torch.nn.Module, x: torch.Tensor):  # type: ignore[no-untyped-def]
-    def run() -> None:
-        with torch.no_grad():
-            model(x)
-
-    return run
 
 
 def main() -> None:
@@ -56,10 +37,13 @@ def main() -> None:
     x1 = torch.randn(1, 3, 32, 32)
     cases = {
         f"train step b={args.batch}": {
-            "eager": _train_step(eager, x, y),
-            "compiled": _train_step(compiled, x, y),
+            "eager": _train_fn(eager, x, y, "auto"),
+            "compiled": _train_fn(compiled, x, y, "auto"),
         },
-        "eval forward b=1": {"eager": _forward(eager, x1), "compiled": _forward(compiled, x1)},
+        "eval forward b=1": {
+            "eager": _forward_fn(eager, x1, "auto"),
+            "compiled": _forward_fn(compiled, x1, "auto"),
+        },
     }
     for name, fns in cases.items():
         for m in (eager, twin):

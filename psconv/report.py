@@ -32,6 +32,7 @@ __all__ = [
 
 MATPLOTLIB_HINT = "figures need matplotlib: pip install 'psconv[plot]' (or pip install matplotlib)"
 TIMING_KEYS = ("forward_b1_ms", "forward_b128_ms", "train_step_b128_ms")
+BENCH_BATCH = 128  # the batch of the timing columns above
 
 
 def _float(value: str | None) -> float | None:
@@ -104,7 +105,7 @@ def read_timings(path: str | Path) -> dict[tuple[str, str], dict[str, float]]:
 def _bench_rows(bench: dict[str, Any]) -> list[dict[str, Any]]:
     """Rows of :func:`read_timings` from ``psconv bench --json`` output."""
     keys = {"fwd1": "forward_b1_ms", "fwd": "forward_b128_ms", "train": "train_step_b128_ms"}
-    if bench.get("settings", {}).get("batch", 128) != 128:
+    if bench.get("settings", {}).get("batch", BENCH_BATCH) != BENCH_BATCH:
         raise ValueError("timings from psconv bench must use --batch 128 (the report's columns)")
     rows = []
     for model in bench["models"]:
@@ -240,12 +241,12 @@ def _bench_epoch_seconds(run: dict[str, Any], row: dict[str, Any]) -> float | No
     if (
         step_ms is None
         or info is None
-        or config.get("batch_size") != 128
+        or config.get("batch_size") != BENCH_BATCH
         or config.get("train_subset")
         or not single
     ):
         return None
-    steps = (info.train_images - (config.get("holdout") or 0)) // 128
+    steps = (info.train_images - (config.get("holdout") or 0)) // BENCH_BATCH
     return round(step_ms * steps / 1000, 1)
 
 
