@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import copy
 import os
-import platform
 import subprocess
 import sys
 from collections.abc import Callable
@@ -35,6 +34,7 @@ from torch import nn
 from . import kernels, progress, timing
 from .allocator import tune_allocator
 from .layers import PSConv2d
+from .runtime import cpu_id, cpu_name
 
 __all__ = ["run_bench", "bench_model", "format_report", "DEFAULT_PATTERNS", "DEFAULT_MODELS"]
 
@@ -370,8 +370,10 @@ _CASE_LABEL = {"fwd1": "forward b=1", "fwd": "forward b={b}", "train": "train st
 
 def format_report(report: dict[str, Any]) -> str:
     b = report["settings"]["batch"]
+    machine = report["machine"]
+    cpu = f" on {machine['cpu']} ({machine.get('cpu_id', '?')})" if "cpu" in machine else ""
     lines = [
-        f"psconv bench: torch {report['machine']['torch']}, {report['machine']['threads']} threads, "
+        f"psconv bench{cpu}: torch {report['machine']['torch']}, {report['machine']['threads']} threads, "
         f"kernels {report['machine']['kernels']} (backend {report['machine'].get('backend', 'auto')}), "
         f"oneDNN {report['machine'].get('onednn', '?')}, allocator {report['machine'].get('allocator', 'default')}; "
         f"median of {report['settings']['repeats']} interleaved rounds",
@@ -461,7 +463,8 @@ def run_bench(
             "kernels": info["isa"] if info["available"] else f"unavailable ({info['error']})",
             "onednn": kernels.onednn_isa(),
             "backend": backend,
-            "processor": platform.processor() or platform.machine(),
+            "cpu": cpu_name(),
+            "cpu_id": cpu_id(),
             "allocator": allocator,
         },
         "settings": {"batch": batch, "repeats": repeats, "image_size": image_size, "cases": cases},

@@ -12,7 +12,6 @@ import csv
 import io
 import json
 import os
-import platform
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from typing import Any
 import torch
 
 from .fileio import atomic_write
+from .runtime import cpu_id, cpu_name
 from .train_config import RESUME_KEYS, TrainConfig
 
 __all__ = [
@@ -89,14 +89,6 @@ def lock_run_dir(run_dir: Path) -> Any:
     return handle
 
 
-def _cpu_name() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
-
-
 def _git_commit() -> str | None:
     here = Path(__file__).resolve().parent
     with contextlib.suppress(OSError, subprocess.SubprocessError):
@@ -118,7 +110,8 @@ def environment(num_threads: int | None = None) -> dict[str, Any]:
         "psconv": __version__,
         "git_commit": _git_commit(),
         "torch": torch.__version__,
-        "cpu": _cpu_name(),
+        "cpu": cpu_name(),
+        "cpu_id": cpu_id(),
         "threads": num_threads or torch.get_num_threads(),
         "kernel_isa": info["isa"] if info["available"] else None,
         "backend": info["backend"],

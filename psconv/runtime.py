@@ -5,9 +5,12 @@ Shared by ``train`` and ``eval``, so that both read ``--device`` and ``--amp`` t
 
 from __future__ import annotations
 
+import contextlib
 import os
+import platform
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -18,6 +21,8 @@ __all__ = [
     "DistContext",
     "GlobalBatchNorm",
     "amp_dtype",
+    "cpu_id",
+    "cpu_name",
     "global_batchnorm",
     "resolve_device",
     "setup_distributed",
@@ -114,3 +119,48 @@ def global_batchnorm(module: nn.Module) -> nn.Module:
         else:
             global_batchnorm(child)
     return module
+
+
+# Virtual machines often report a bare family name ("AMD EPYC") for CPUs of different
+# generations, whose instruction sets and float results differ (a run bit-exact on one is not
+# on the other): the numeric identity says which one ran.
+_CPU_ID_FIELDS = {
+    "vendor_id": "",
+    "cpu family": "family ",
+    "model": "model ",
+    "stepping": "stepping ",
+    "CPU implementer": "implementer ",
+    "CPU part": "part ",
+    "CPU variant": "variant ",
+}
+
+
+def _cpuinfo() -> str:
+    with contextlib.suppress(OSError):
+        return Path("/proc/cpuinfo").read_text()
+    return ""
+
+
+def cpu_name(cpuinfo: str | None = None) -> str:
+    """The processor's marketing name, or the machine type where the OS gives none."""
+    for line in (_cpuinfo() if cpuinfo is None else cpuinfo).splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def cpu_id(cpuinfo: str | None = None) -> str:
+    """The first core's numeric identity: 'AuthenticAMD family 25 model 1 stepping 1' on x86,
+    'implementer 0x41 variant 0x1 part 0xd0c' on ARM; the machine type where /proc says nothing."""
+    found: dict[str, str] = {}
+    for line in (_cpuinfo() if cpuinfo is None else cpuinfo).splitlines():
+        if not line.strip():
+            if found:
+                break  # the first processor's block is enough
+            continue
+        key, _, value = line.partition(":")
+        key = key.strip()
+        if key in _CPU_ID_FIELDS and key not in found:
+            found[key] = value.strip()
+    parts = [_CPU_ID_FIELDS[k] + found[k] for k in _CPU_ID_FIELDS if k in found]
+    return " ".join(parts) or platform.machine()
