@@ -1,4 +1,5 @@
-"""Where a run computes: device choice, processes (torchrun + DDP), mixed precision.
+"""Where a run computes: device choice, processes (torchrun + DDP), mixed precision, and which
+CPU it is (recorded beside runs and benchmarks).
 
 Shared by ``train`` and ``eval``, so that both read ``--device`` and ``--amp`` the same way.
 """
@@ -151,7 +152,7 @@ def cpu_name(cpuinfo: str | None = None) -> str:
 
 def cpu_id(cpuinfo: str | None = None) -> str:
     """The first core's numeric identity: 'AuthenticAMD family 25 model 1 stepping 1' on x86,
-    'implementer 0x41 variant 0x1 part 0xd0c' on ARM; the machine type where /proc says nothing."""
+    'implementer 0x41 part 0xd0c variant 0x1' on ARM; the machine type where /proc says nothing."""
     found: dict[str, str] = {}
     for line in (_cpuinfo() if cpuinfo is None else cpuinfo).splitlines():
         if not line.strip():
