@@ -74,6 +74,7 @@ inline void vfence() { _mm_sfence(); }
 #define PSC_GW_K4 3  // 3 x 4 + 4 + 1 = 17: one dy block is read from memory (measured: 1.2-1.4x faster than K = 2)
 #define PSC_SUFFIX avx2
 #define PSC_CONTIG_TILES 1
+#define PSC_IMAGE_BLOCK_BYTES (1 << 20)
 #define PSC_CONTIG_P1 12, 8
 #define PSC_CONTIG_P2 6, 4
 #define PSC_CONTIG_P4 3, 2

@@ -199,6 +199,15 @@ def test_auto_packing_choice():
 
 
 @needs_kernels
+@pytest.mark.parametrize("pattern", ["PSD4_P8", "PS1_P9"])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_batch_split_into_image_blocks(pattern, stride):
+    # The AVX2 build runs a batch in blocks of about 1 MB of input (4 images of 64 x 32 x 32
+    # here), every pixel class of a block before the next: 9 images make blocks of 4, 4 and 1.
+    _check(pattern, 64, 64, (32, 32), stride=stride, batch=9)
+
+
+@needs_kernels
 @pytest.mark.parametrize("pattern", ["PSD2_P8", "PS1_P9"])
 def test_large_output_uses_streaming_stores_correctly(pattern):
     # Outputs above 16 MiB are written with non-temporal stores (forward and grad-input alike).
