@@ -373,9 +373,9 @@ def format_report(report: dict[str, Any]) -> str:
     machine = report["machine"]
     cpu = f" on {machine['cpu']} ({machine.get('cpu_id', '?')})" if "cpu" in machine else ""
     lines = [
-        f"psconv bench{cpu}: torch {report['machine']['torch']}, {report['machine']['threads']} threads, "
-        f"kernels {report['machine']['kernels']} (backend {report['machine'].get('backend', 'auto')}), "
-        f"oneDNN {report['machine'].get('onednn', '?')}, allocator {report['machine'].get('allocator', 'default')}; "
+        f"psconv bench{cpu}: torch {machine['torch']}, {machine['threads']} threads, "
+        f"kernels {machine['kernels']} (backend {machine.get('backend', 'auto')}), "
+        f"oneDNN {machine.get('onednn', '?')}, allocator {machine.get('allocator', 'default')}; "
         f"median of {report['settings']['repeats']} interleaved rounds",
         "speedup = dense (best of NCHW / channels-last) time / psconv time; ideal = dense MACs / kept MACs",
     ]
