@@ -75,7 +75,13 @@ class OptionalBuildExt(build_ext):
 ext = Extension(
     "psconv.kernels._psconv_kernels",
     sources=SOURCES,
-    depends=["csrc/psconv_kernels.h", "csrc/kernel_body.inc"],
+    depends=[
+        "csrc/psconv_kernels.h",
+        "csrc/kernel_body.inc",
+        "csrc/kernel_conv.inc",
+        "csrc/kernel_gradw.inc",
+        "csrc/kernel_gradw_input.inc",
+    ],
     include_dirs=["csrc"],
     language="c++",
     extra_compile_args=[
