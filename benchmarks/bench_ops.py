@@ -56,15 +56,26 @@ def main() -> None:
     ap.add_argument("--batch", type=int, nargs="+", default=[128])
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--ops", nargs="+", choices=OPS, default=list(OPS), help="operators to time")
+    ap.add_argument(
+        "--channels",
+        type=int,
+        nargs="+",
+        choices=[c for c, _ in SHAPES],
+        help="layers to time (default: all)",
+    )
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     print(f"kernels {kernels.kernel_info()['isa']}, oneDNN {kernels.onednn_isa()}, {a.pattern}")
-    print("layer, batch      " + "".join(f"{op:>28s}" for op in OPS) + "   (oneDNN ms / psconv ms)")
+    print("layer, batch      " + "".join(f"{op:>28s}" for op in a.ops) + "   (oneDNN ms / psconv ms)")
     for channels, size in SHAPES:
+        if a.channels and channels not in a.channels:
+            continue
         for batch in a.batch:
-            fns = op_pairs(PSConv2d(channels, channels, pattern=a.pattern), batch, size)
+            pairs = op_pairs(PSConv2d(channels, channels, pattern=a.pattern), batch, size)
+            fns = {k: f for k, f in pairs.items() if k.split()[1] in a.ops}
             t = interleaved(fns, a.rounds, {k: calls_per_sample(f, 0.1) for k, f in fns.items()})
-            cells = [f"{t[f'dense {op}'] * 1e3:.1f}/{t[f'psconv {op}'] * 1e3:.1f} = {t[f'dense {op}'] / t[f'psconv {op}']:.2f}x" for op in OPS]  # fmt: skip
+            cells = [f"{t[f'dense {op}'] * 1e3:.1f}/{t[f'psconv {op}'] * 1e3:.1f} = {t[f'dense {op}'] / t[f'psconv {op}']:.2f}x" for op in a.ops]  # fmt: skip
             row = f"{channels:>3d}@{size}x{size}, b{batch}"
             print(row.ljust(18) + "".join(f"{c:>28s}" for c in cells), flush=True)
 

@@ -75,6 +75,7 @@ inline void vfence() { _mm_sfence(); }
 #define PSC_SUFFIX avx2
 #define PSC_CONTIG_TILES 1
 #define PSC_IMAGE_BLOCK_BYTES (1 << 20)
+#define PSC_GW_TILE_BYTES (16 << 10)
 #define PSC_CONTIG_P1 12, 8
 #define PSC_CONTIG_P2 6, 4
 #define PSC_CONTIG_P4 3, 2

@@ -242,6 +242,15 @@ def test_large_weight_gradient_tiles(hw):
 
 
 @needs_kernels
+@pytest.mark.parametrize("cin, cout", [(200, 24), (24, 512), (384, 40)])
+def test_weight_gradient_tile_widths(cin, cout):
+    # The AVX2 weight gradient sizes its tiles by the widest channel count (16 KB of a pixel
+    # row: 20, 8 and 10 pixels here), so tiles end mid-row and mid-image.
+    _check("PSD4_P8", cin, cout, (7, 5), batch=2, bias=False)
+    _check("PSD2_P8", cin, cout, (4, 4), batch=3, bias=False)
+
+
+@needs_kernels
 def test_random_shapes():
     rng = np.random.default_rng(1)
     pats = ["PS4_P4", "PSD4_P8", "PSD2_P8", "PSD1_P16", "PS1_P9", "pSC2", "PS2_P3[01,34,78]"]
