@@ -76,6 +76,7 @@ inline void vfence() { _mm_sfence(); }
 #define PSC_CONTIG_TILES 1
 #define PSC_IMAGE_BLOCK_BYTES (1 << 20)
 #define PSC_GW_TILE_BYTES (16 << 10)
+#define PSC_SPLIT_SMALL_LAYERS 1
 #define PSC_CONTIG_P1 12, 8
 #define PSC_CONTIG_P2 6, 4
 #define PSC_CONTIG_P4 3, 2

@@ -208,6 +208,14 @@ def test_batch_split_into_image_blocks(pattern, stride):
 
 
 @needs_kernels
+@pytest.mark.parametrize("pattern", ["PSD4_P8", "PS1_P9"])
+def test_few_work_items_split_into_half_chunks(pattern):
+    # A stride-2 layer at batch 1 has 4 pixel classes and 6 chunks of 96 pixels: the AVX2
+    # build runs it in chunks of 48 (its 225 interior pixels: four full chunks and a partial).
+    _check(pattern, 64, 128, (32, 32), stride=2, batch=1)
+
+
+@needs_kernels
 @pytest.mark.parametrize("pattern", ["PSD2_P8", "PS1_P9"])
 def test_large_output_uses_streaming_stores_correctly(pattern):
     # Outputs above 16 MiB are written with non-temporal stores (forward and grad-input alike).
