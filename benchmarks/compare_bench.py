@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-CASES = ("fwd1", "fwd", "train")
+from psconv.bench import CASES
 
 
 def load(path: str) -> dict[str, Any]:

@@ -36,9 +36,11 @@ from .allocator import tune_allocator
 from .layers import PSConv2d
 from .runtime import cpu_id, cpu_name
 
-__all__ = ["run_bench", "bench_model", "format_report", "DEFAULT_PATTERNS", "DEFAULT_MODELS"]
+__all__ = ["run_bench", "bench_model", "format_report", "DEFAULT_PATTERNS", "DEFAULT_MODELS", "CASES"]
 
 DEFAULT_PATTERNS = ("PS4_P4", "PSD4_P8", "PSD2_P8", "PSD1_P16", "PS1_P9")
+# What one model bench can time: forward at batch 1, forward and a training step at its batch.
+CASES = ("fwd1", "fwd", "train")
 DEFAULT_MODELS = ("vgg16", "resnet18")
 _CL = torch.channels_last
 
@@ -315,7 +317,7 @@ def bench_model(
     threads: int = 0,
 ) -> dict[str, Any]:
     """Time one model over several patterns; the structure of ``psconv bench --json``."""
-    cases = list(cases or ["fwd1", "fwd", "train"])
+    cases = list(cases or CASES)
     torch.manual_seed(0)
     sparse: dict[str, nn.Module] = {}
     ideal: dict[str, tuple[float, dict[str, float]]] = {}
@@ -383,7 +385,7 @@ def format_report(report: dict[str, Any]) -> str:
         lines.append("")
         lines.append(f"== {res['model']} ==")
         head = f"{'pattern':<10} {'ideal':>6}"
-        cases = [c for c in ("fwd1", "fwd", "train") if c in res["dense"]]
+        cases = [c for c in CASES if c in res["dense"]]
         for c in cases:
             head += f" | {_CASE_LABEL[c].format(b=b):>22}"
         lines.append(head)
@@ -448,7 +450,7 @@ def run_bench(
     if threads:
         torch.set_num_threads(threads)
     torch.set_flush_denormal(True)
-    cases = cases or ["fwd1", "fwd", "train"]
+    cases = cases or list(CASES)
     global _SAMPLE_SCALE, _SPARSE_BACKEND
     _SAMPLE_SCALE, _SPARSE_BACKEND = 1.0, backend
     if quick:

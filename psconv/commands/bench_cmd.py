@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..bench import DEFAULT_MODELS, DEFAULT_PATTERNS, format_report, run_bench
+from ..bench import CASES, DEFAULT_MODELS, DEFAULT_PATTERNS, format_report, run_bench
 from ..bench_deploy import DEPLOY_BATCHES, bench_deploy, format_deploy
 from ..fileio import atomic_write
 
@@ -22,7 +22,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quick", action="store_true", help="few repeats, batch 8, no per-layer or memory runs")
     p.add_argument("--no-layers", action="store_true", help="skip the per-layer timings")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
-    p.add_argument("--cases", nargs="+", default=["fwd1", "fwd", "train"], choices=["fwd1", "fwd", "train"])
+    p.add_argument("--cases", nargs="+", default=list(CASES), choices=CASES)
     p.add_argument("--backend", choices=["auto", "fast"], default="auto",
                    help="backend of the psconv rows: auto (what users get) or fast (the kernels on every layer)")  # fmt: skip
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
