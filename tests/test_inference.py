@@ -12,7 +12,7 @@ from torch import nn
 
 import psconv
 import psconv.cli
-from psconv.inference import FusedPSConv2d, optimize_for_inference
+from psconv.inference import FusedPSConv2d, PointwiseMatmul, optimize_for_inference
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -61,6 +61,45 @@ def test_same_outputs_folded_and_fused(name: str, pattern: str) -> None:
         fused = [m for m in fast.modules() if isinstance(m, FusedPSConv2d)]
         assert len(fused) == 16 and all(m.relu for m in fused)
         assert sum(1 for n in graph.nodes if n.op == "call_module" and len(n.args) == 2) == 8
+
+
+@pytest.mark.parametrize("stride", [1, 2, (2, 1)])
+@pytest.mark.parametrize("layout", ["channels_last", "contiguous"])
+@pytest.mark.parametrize("bias", [True, False])
+def test_pointwise_conv_as_a_matrix_product(stride: int | tuple[int, int], layout: str, bias: bool) -> None:
+    g = torch.Generator().manual_seed(3)
+    conv = nn.Conv2d(24, 40, 1, stride=stride, bias=bias)
+    with torch.no_grad():
+        conv.weight.normal_(generator=g)
+    x = torch.randn(2, 24, 9, 7, generator=g)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    assert PointwiseMatmul.applies_to(conv)
+    got = PointwiseMatmul(conv)(x)
+    with torch.no_grad():
+        expected = conv(x)
+    assert got.shape == expected.shape and got.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "conv",
+    [
+        nn.Conv2d(8, 8, 3),
+        nn.Conv2d(8, 8, 1, groups=2),
+        nn.Conv2d(8, 8, 1, padding=1),
+        nn.Conv2d(8, 8, 1, dilation=2),
+    ],
+    ids=["3x3", "grouped", "padded", "dilated"],
+)
+def test_only_plain_pointwise_convs_become_products(conv: nn.Conv2d) -> None:
+    assert not PointwiseMatmul.applies_to(conv)
+
+
+def test_resnet_shortcuts_become_products() -> None:
+    fast = optimize_for_inference(_trained_like(psconv.create_model("resnet18", "PSD4_P8")))
+    assert sum(isinstance(m, PointwiseMatmul) for m in fast.modules()) == 3
+    assert sum(type(m) is nn.Conv2d for m in fast.modules()) == 1  # the first layer
 
 
 def test_untraceable_model_is_refused_with_the_reason() -> None:

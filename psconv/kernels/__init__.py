@@ -8,7 +8,8 @@ Read top-down:
 - :mod:`.binding`: the compiled library (``csrc/``) through ctypes, one wrapper per function;
 - :mod:`.ops`: the kernels as PyTorch operators (``torch.ops.psconv.*``) with autograd;
 - :mod:`.autotune`: ``auto`` by measurement, where the efficiency model is not calibrated;
-- :mod:`.dispatch`: which path a layer call takes.
+- :mod:`.dispatch`: which path a layer call takes;
+- :mod:`.bound`: repeated eager inference calls of a layer, prepared once.
 """
 
 from __future__ import annotations

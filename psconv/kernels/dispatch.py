@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from . import autotune, binding, switches
-from .ops import conv, conv_impl
+from . import autotune, binding, bound, switches
+from .ops import conv
 from .plans import expected_speedup
 
 if TYPE_CHECKING:
@@ -140,6 +140,12 @@ def fast_forward(
 ) -> torch.Tensor | None:
     """The layer's output (``relu?(conv + bias + residual)``) from the compiled operator, or None
     (then the caller runs the reference path)."""
+    # Tracers must record the operator: the bound call is invisible to them.
+    tracing = torch.compiler.is_compiling() or torch.jit.is_tracing()
+    if not tracing:
+        out = bound.call(layer, x, relu, residual)  # a repeated eager inference call
+        if out is not None:
+            return out
     if not uses_fast(layer, x):
         return None
     values, bias = layer.weight_values, layer.bias
@@ -148,8 +154,6 @@ def fast_forward(
     )
     args = (x, values, bias, layer.pattern.name, layer.seed, layer.out_channels, list(layer.stride),
             list(layer.padding), relu, not needs_grad, residual)  # fmt: skip
-    # The direct call is invisible to tracers: torch.jit.trace must record the operator.
-    tracing = torch.compiler.is_compiling() or torch.jit.is_tracing()
     if not needs_grad and type(x) is torch.Tensor and not tracing:
-        return conv_impl(*args)  # no dispatcher, no autograd: what eager inference at batch 1 wants
+        return bound.bind(layer, x, relu, residual)  # no dispatcher, no autograd; kept for the next call
     return conv(*args)

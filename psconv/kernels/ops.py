@@ -13,6 +13,7 @@ gradients are those of an ordinary convolution with the layer's mask (then ``rel
 from __future__ import annotations
 
 import ctypes
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -20,7 +21,16 @@ import torch
 from . import binding
 from .plans import PlanTensors, geometry, plans_for
 
-__all__ = ["conv", "conv_impl", "conv_grad_input", "conv_grad_weight", "out_size"]
+__all__ = [
+    "conv",
+    "conv_impl",
+    "conv_grad_input",
+    "conv_grad_weight",
+    "out_size",
+    "PreparedConv",
+    "prepare_conv",
+    "run_prepared",
+]
 
 _CL = torch.channels_last
 # Plans whose expected efficiency is below this (mostly one-block groups) use the input-pixel
@@ -55,14 +65,15 @@ def _args(plan: PlanTensors, geo: Any, B: int, cin: int, cout: int) -> binding.P
 
 def _set_pointers(
     args: binding.PscArgs,
-    x: torch.Tensor,
-    y: torch.Tensor,
+    x: torch.Tensor | None,
+    y: torch.Tensor | None,
     w: Any,
     bias: Any,
     res: Any = None,
     relu: bool = False,
 ) -> None:
-    args.x, args.y = x.data_ptr(), y.data_ptr()
+    args.x = x.data_ptr() if x is not None else None
+    args.y = y.data_ptr() if y is not None else None
     args.w = w.data_ptr() if w is not None else None
     args.bias = bias.data_ptr() if bias is not None else None
     args.res = res.data_ptr() if res is not None else None
@@ -75,6 +86,67 @@ def _cl_float(t: torch.Tensor) -> torch.Tensor:
         if t.dtype != torch.float32
         else t.contiguous(memory_format=_CL)
     )
+
+
+@dataclass
+class PreparedConv:
+    """A forward call with everything but the activations set: the argument block (weights,
+    bias, epilogue; ``x``, ``y`` and ``res`` are set per call), the output shape, and the
+    tensors whose pointers the block holds (kept alive with it)."""
+
+    args: binding.PscArgs
+    out_shape: tuple[int, int, int, int]
+    packed: torch.Tensor
+    bias: torch.Tensor | None
+
+    @property
+    def out_strides(self) -> tuple[int, int, int, int]:
+        B, C, H, W = self.out_shape
+        return (H * W * C, 1, W * C, C)  # channels-last
+
+
+def prepare_conv(
+    in_shape: tuple[int, ...],
+    values: torch.Tensor,
+    bias: torch.Tensor | None,
+    pattern: str,
+    seed: int,
+    out_channels: int,
+    stride: list[int],
+    padding: list[int],
+    relu: bool,
+    cache_packed: bool,
+) -> PreparedConv | None:
+    """The forward call on inputs of ``in_shape``; None when its output is empty."""
+    B, Ci, H, W = in_shape
+    Ho, Wo = out_size(H, stride[0], padding[0]), out_size(W, stride[1], padding[1])
+    if B == 0 or Ho <= 0 or Wo <= 0:
+        return None
+    plan = plans_for(pattern, out_channels, Ci, seed).fwd
+    geo = geometry(0, H, W, (stride[0], stride[1]), (padding[0], padding[1]))
+    args = _args(plan, geo, B, Ci, out_channels)
+    packed = plan.packed(values, cache_packed)
+    b = bias.detach().contiguous() if bias is not None else None
+    _set_pointers(args, None, None, packed, b, None, relu)
+    return PreparedConv(args, (B, out_channels, Ho, Wo), packed, b)
+
+
+def run_prepared(
+    call: PreparedConv, x: torch.Tensor, residual: torch.Tensor | None, shared: bool
+) -> torch.Tensor:
+    """The prepared call on ``x`` (channels-last, of the prepared shape). ``shared``: the call
+    is kept for reuse, so this run sets the pointers of its own copy of the argument block
+    (two threads may run the same layer at once)."""
+    # empty_strided: half the cost of empty(memory_format=...), which counts at batch 1
+    out = torch.empty_strided(call.out_shape, call.out_strides, dtype=torch.float32)
+    res = _cl_float(residual) if residual is not None else None
+    if res is not None and res.shape != out.shape:
+        raise ValueError(f"residual of shape {tuple(res.shape)} does not match the output {tuple(out.shape)}")
+    args = binding.PscArgs.from_buffer_copy(call.args) if shared else call.args
+    args.x, args.y = x.data_ptr(), out.data_ptr()
+    args.res = res.data_ptr() if res is not None else None
+    binding.conv(args)
+    return out
 
 
 def conv_impl(
@@ -93,23 +165,14 @@ def conv_impl(
     """``relu?(conv2d(x, W) + bias + residual)`` where ``W`` is the mask of ``pattern`` filled
     with ``values``; the bias, residual and ReLU are applied as the kernel stores its output."""
     x = x.contiguous(memory_format=_CL)
-    B, Ci, H, W = x.shape
-    Ho, Wo = out_size(H, stride[0], padding[0]), out_size(W, stride[1], padding[1])
-    out = torch.empty((B, out_channels, Ho, Wo), dtype=torch.float32, memory_format=_CL)
-    if B == 0 or Ho <= 0 or Wo <= 0:
-        return out
-    plan = plans_for(pattern, out_channels, Ci, seed).fwd
-    geo = geometry(0, H, W, (stride[0], stride[1]), (padding[0], padding[1]))
-    args = _args(plan, geo, B, Ci, out_channels)
-    # Locals, not temporaries: the tensors must outlive the call that reads their pointers.
-    packed = plan.packed(values, cache_packed)
-    b = bias.detach().contiguous() if bias is not None else None
-    res = _cl_float(residual) if residual is not None else None
-    if res is not None and res.shape != out.shape:
-        raise ValueError(f"residual of shape {tuple(res.shape)} does not match the output {tuple(out.shape)}")
-    _set_pointers(args, x, out, packed, b, res, relu)
-    binding.conv(args)
-    return out
+    call = prepare_conv(
+        tuple(x.shape), values, bias, pattern, seed, out_channels, stride, padding, relu, cache_packed
+    )
+    if call is None:
+        B, _, H, W = x.shape
+        Ho, Wo = out_size(H, stride[0], padding[0]), out_size(W, stride[1], padding[1])
+        return torch.empty((B, out_channels, Ho, Wo), dtype=torch.float32, memory_format=_CL)
+    return run_prepared(call, x, residual, shared=False)
 
 
 # The operator, and its Python body kept callable: eager inference calls the body directly,

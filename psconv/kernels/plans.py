@@ -64,24 +64,25 @@ class PlanTensors:
     # ctypes argument blocks per (geometry, batch, threads): a fresh 24-field structure costs
     # more than a small layer's kernel at batch 1.
     args_cache: dict[tuple[int, ...], Any] = field(default_factory=dict)
-    # Packed weights per values tensor, for inference: (weakref, version) -> packed.
-    packed_cache: dict[int, tuple[Any, int, torch.Tensor]] = field(default_factory=dict)
+    # Packed weights per values tensor, for inference: id -> (weakref, version, data_ptr, packed).
+    packed_cache: dict[int, tuple[Any, int, int, torch.Tensor]] = field(default_factory=dict)
 
     def packed(self, values: torch.Tensor, cache: bool) -> torch.Tensor:
-        """``values`` in this plan's packed order. Cached per live tensor and version when
-        ``cache`` (inference); in training the values change every step, so never kept.
+        """``values`` in this plan's packed order. Cached per live tensor, version and storage
+        (``.data =`` swaps it without a new version) when ``cache`` (inference); in training
+        the values change every step, so never kept.
         Tensors made under ``torch.inference_mode`` carry no version counter to tell an
         in-place change by: they are packed on every call."""
         if values.is_inference():
             cache = False
         key = id(values)
         hit = self.packed_cache.get(key)
-        if hit is not None and hit[0]() is values and hit[1] == values._version:
-            return hit[2]
+        if hit is not None and hit[0]() is values and hit[1:3] == (values._version, values.data_ptr()):
+            return hit[3]
         ext = torch.cat([values.detach().reshape(-1), values.new_zeros(1)])
         packed = ext.index_select(0, self.gather)
         if cache:
-            self.packed_cache[key] = (weakref.ref(values), values._version, packed)
+            self.packed_cache[key] = (weakref.ref(values), values._version, values.data_ptr(), packed)
         else:
             self.packed_cache.pop(key, None)
         return packed
