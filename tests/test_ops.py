@@ -94,6 +94,21 @@ def test_compile_captures_a_sparse_resnet_whole(mode: str, backend: str) -> None
 
 
 @needs_kernels
+def test_compile_captures_the_inference_form_after_eager_calls() -> None:
+    """Bound eager calls (psconv.kernels.bound) and the 1x1 matrix products stay traceable."""
+    torch._dynamo.reset()
+    fast = psconv.optimize_for_inference(_spread(psconv.create_model("resnet18", "PSD4_P8")).eval())
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        eager = [fast(x), fast(x)]
+        explained = torch._dynamo.explain(fast)(x)
+        compiled = torch.compile(fast)(x)
+    assert explained.graph_break_count == 0, explained.break_reasons
+    assert explained.graph_count == 1
+    torch.testing.assert_close(compiled, eager[1], rtol=1e-4, atol=1e-4)
+
+
+@needs_kernels
 def test_compiled_model_equals_eager_in_both_modes() -> None:
     torch._dynamo.reset()
     model = _spread(psconv.create_model("vgg16", "PSD2_P8")).eval()
