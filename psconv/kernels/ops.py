@@ -98,11 +98,11 @@ class PreparedConv:
     out_shape: tuple[int, int, int, int]
     packed: torch.Tensor
     bias: torch.Tensor | None
+    out_strides: tuple[int, int, int, int] = (0, 0, 0, 0)  # channels-last, set from out_shape
 
-    @property
-    def out_strides(self) -> tuple[int, int, int, int]:
+    def __post_init__(self) -> None:
         B, C, H, W = self.out_shape
-        return (H * W * C, 1, W * C, C)  # channels-last
+        self.out_strides = (H * W * C, 1, W * C, C)  # once, not on every bound call
 
 
 def prepare_conv(
