@@ -79,6 +79,7 @@ ext = Extension(
         "csrc/psconv_kernels.h",
         "csrc/kernel_body.inc",
         "csrc/kernel_conv.inc",
+        "csrc/kernel_small.inc",
         "csrc/kernel_gradw.inc",
         "csrc/kernel_gradw_input.inc",
     ],

@@ -49,6 +49,16 @@ SHAPES = (
     (3, 16, 8, 8, 1, 1, 1),
     (128, 64, 3, 30, 1, 1, 1),
 )
+# Small maps with large weights (256 channels, 1-2 images): the forward's small-map kernel
+# (csrc/kernel_small.inc; builds that enable it), partial blocks (200 filters), stride 2, and
+# its pixel limit (8x8 at batch 1). Forward only, with the epilogue: the weights are large.
+SMALL_MAP_PATTERNS = ("PSD4_P8", "PS4_P4", "PSD2_P8")
+SMALL_MAP_SHAPES = (
+    (256, 256, 4, 4, 1, 1, 1),
+    (256, 200, 8, 8, 2, 1, 1),
+    (256, 256, 2, 3, 1, 1, 2),
+    (256, 256, 8, 8, 1, 1, 1),
+)
 HEADER = b"PSCCASE2"
 
 
@@ -99,7 +109,9 @@ def _plan_ints(plan, geo, B: int, cin: int, cout: int) -> tuple[dict[str, int], 
     return ints, arrays
 
 
-def _layer_cases(pattern: str, shape: tuple[int, ...], epilogue: bool) -> list[Case]:
+def _layer_cases(
+    pattern: str, shape: tuple[int, ...], epilogue: bool, forward_only: bool = False
+) -> list[Case]:
     ci, co, H, W, s, p, B = shape
     torch.manual_seed(hash((pattern, shape)) % 2**31)
     layer = PSConv2d(ci, co, 3, s, p, bias=True, pattern=pattern, seed=1)
@@ -126,6 +138,8 @@ def _layer_cases(pattern: str, shape: tuple[int, ...], epilogue: bool) -> list[C
                   bias=_f32(layer.bias), res=_f32(_nhwc(res)) if epilogue else _f32(None),
                   expected=_f32(_nhwc(y)))  # fmt: skip
     cases.append(Case(f"forward {name}", "conv", ints, arrays, B * Ho * Wo * co))
+    if forward_only:
+        return cases
 
     ints, arrays = _plan_ints(plans.bwd, geometry(1, H, W, (s, s), (p, p)), B, co, ci)
     arrays.update(x=_f32(_nhwc(dy)), w=_packed_blocks(plans.bwd, layer.weight_values),
@@ -154,6 +168,10 @@ def build_cases() -> list[Case]:
             for pattern in PATTERNS:
                 for i, shape in enumerate(SHAPES):
                     cases += _layer_cases(pattern, shape, epilogue=i == 0)
+            if packing == "diagonal":
+                for pattern in SMALL_MAP_PATTERNS:
+                    for shape in SMALL_MAP_SHAPES:
+                        cases += _layer_cases(pattern, shape, epilogue=True, forward_only=True)
         finally:
             kernels.set_packing("auto")
     return cases
