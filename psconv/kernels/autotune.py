@@ -49,7 +49,7 @@ AUTOTUNE_MODES = ("auto", "on", "off")
 # Keep the kernel only when it is at least this much faster: timing noise must not flip a
 # layer onto the slower path.
 MIN_SPEEDUP = 1.1
-CACHE_VERSION = 2  # 2: the dense side runs a channels-last kernel
+CACHE_VERSION = 3  # 2: the dense side runs a channels-last kernel; 3: small-map forward kernel
 _state: dict[str, Any] = {"mode": os.environ.get("PSCONV_AUTOTUNE", "auto").lower(), "decisions": None}
 if _state["mode"] not in AUTOTUNE_MODES:
     _state["mode"] = {"1": "on", "0": "off"}.get(_state["mode"], "auto")
@@ -83,6 +83,9 @@ def _machine_key() -> str:
     cap = os.environ.get("ONEDNN_MAX_CPU_ISA", "")
     # The ABI version changes with the kernels' layout: decisions about older kernels are stale.
     kernels = f"{binding.isa()}:abi{binding.ABI_VERSION}"
+    small_maps = os.environ.get("PSCONV_SMALL_MAPS", "")  # which forward runs small maps
+    if small_maps:
+        kernels += f":small-maps-{small_maps}"
     return f"{kernels}|onednn:{cap}|threads:{torch.get_num_threads()}|torch:{torch.__version__}"
 
 
