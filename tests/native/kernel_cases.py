@@ -50,12 +50,12 @@ SHAPES = (
     (128, 64, 3, 30, 1, 1, 1),
 )
 # Small maps (128-256 channels, 1-2 images): the forward's small-map kernel
-# (csrc/kernel_small.inc; builds that enable it), partial blocks (200 filters), stride 2, and
+# (csrc/kernel_small.inc; builds that enable it), partial blocks (200 filters), and
 # its pixel limit (8x8 at batch 1). Forward only, with the epilogue: the weights are large.
 SMALL_MAP_PATTERNS = ("PSD4_P8", "PS4_P4", "PSD2_P8")
 SMALL_MAP_SHAPES = (
     (256, 256, 4, 4, 1, 1, 1),
-    (256, 200, 8, 8, 2, 1, 1),
+    (256, 200, 6, 6, 1, 1, 1),
     (256, 256, 2, 3, 1, 1, 2),
     (256, 256, 8, 8, 1, 1, 1),
     (128, 128, 7, 9, 1, 1, 1),
