@@ -437,20 +437,24 @@ def test_generic_isa_path():
 
 @needs_kernels
 @pytest.mark.parametrize("threads", [1, 2, 8])
-def test_small_maps_forward_split_across_threads(threads):
-    # At most 64 output pixels from 128 channels at stride 1 take the small-map forward (forced on here,
-    # whatever the build's default). With more threads than (group, part) pairs it splits the
-    # pixels into ranges: 8 threads over the one or two groups of 16-48 filters.
+def test_small_maps_forward_and_input_gradient_across_threads(threads):
+    # At most 64 output pixels from 128 channels at stride 1 take the small-map forward (forced on
+    # here, whatever the build's default), and so does the gradient w.r.t. the input of a layer
+    # with 128 filters or more (the same kernel on the transposed plan). With more threads than
+    # (group, part) pairs it splits the pixels into ranges: 8 threads over 1-2 groups.
     code = (
         "import torch; from psconv import kernels; from psconv.layers import PSConv2d\n"
-        f"torch.set_num_threads({threads}); kernels.set_backend('fast'); torch.manual_seed(0)\n"
+        f"torch.set_num_threads({threads}); torch.manual_seed(0)\n"
+        "rel = lambda a, b: float((a - b).abs().max() / b.abs().max())\n"
         "worst = 0.0\n"
-        "for ci, co, hw, s, b in ((128, 16, (8, 8), 1, 1), (256, 48, (5, 7), 1, 1), (128, 40, (4, 4), 1, 2)):\n"
-        "    l = PSConv2d(ci, co, stride=s, pattern='PSD4_P8', bias=True); torch.nn.init.normal_(l.bias)\n"
-        "    x = torch.randn(b, ci, *hw)\n"
-        "    with torch.no_grad():\n"
-        "        y = l(x); r = l.reference_forward(x)\n"
-        "    worst = max(worst, float((y - r).abs().max() / r.abs().max()))\n"
+        "for ci, co, hw, b in ((128, 16, (8, 8), 1), (256, 48, (5, 7), 1), (128, 40, (4, 4), 2), (48, 128, (3, 5), 1)):\n"
+        "    l = PSConv2d(ci, co, pattern='PSD4_P8', bias=True); torch.nn.init.normal_(l.bias)\n"
+        "    x = torch.randn(b, ci, *hw, requires_grad=True)\n"
+        "    grads = []\n"
+        "    for backend in ('fast', 'reference'):\n"
+        "        kernels.set_backend(backend); x.grad = None\n"
+        "        y = l(x); y.square().sum().backward(); grads.append((y.detach(), x.grad.clone()))\n"
+        "    worst = max(worst, rel(grads[0][0], grads[1][0]), rel(grads[0][1], grads[1][1]))\n"
         "print(worst < 1e-4, worst)"
     )
     assert _run_py(code, PSCONV_SMALL_MAPS="on").split()[0] == "True"
