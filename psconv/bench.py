@@ -267,10 +267,11 @@ def step():
 step()  # warm-up: plans, packed weights, optimizer state
 try:
     # ru_maxrss survives exec (it would report the parent's size): use the mm's high-water
-    # mark, reset just before the timed step.
+    # mark, reset just before the timed step. The base is the mark itself, not VmRSS read
+    # after it: the mark only grows, so the step's growth cannot come out negative.
     with open('/proc/self/clear_refs', 'w') as fh:
         fh.write('5')
-    base = status('VmRSS')
+    base = status('VmHWM')
     step()
     peak = status('VmHWM')
 except (OSError, KeyError):
