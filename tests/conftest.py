@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import subprocess
+import sys
 import tempfile
 
 # Tests choose their backend; 'auto' must not time layers (slow, and it depends on the load of
@@ -19,6 +21,7 @@ import pytest
 import torch
 
 import psconv
+import psconv.kernels
 from psconv.data import DeviceData
 
 REPO = Path(__file__).resolve().parents[1]
@@ -30,6 +33,23 @@ def keep_backend():
     previous = psconv.get_backend()
     yield
     psconv.set_backend(previous)
+
+
+# Tests of the compiled kernels skip, saying why, where the library did not build or load.
+needs_kernels = pytest.mark.skipif(
+    not psconv.kernels.kernels_available(),
+    reason=f"compiled kernels unavailable: {psconv.kernels.kernel_info()['error']}",
+)
+
+
+def run_python(code: str, **env: str) -> str:
+    """Run ``code`` in a fresh interpreter with ``env`` added (settings read once per process,
+    such as the kernel ISA, need one); its stdout, stripped, or the test fails with its stderr."""
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=dict(os.environ, **env), timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip()
 
 
 def shared_data_dir() -> Path:

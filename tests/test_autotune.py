@@ -7,12 +7,11 @@ import json
 
 import pytest
 import torch
+from conftest import needs_kernels
 
 from psconv import kernels
 from psconv.kernels import autotune, binding, dispatch
 from psconv.layers import PSConv2d
-
-needs_kernels = pytest.mark.skipif(not kernels.kernels_available(), reason="compiled kernels not built")
 
 
 @pytest.fixture(autouse=True)

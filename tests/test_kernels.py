@@ -1,22 +1,16 @@
-"""The compiled engine against the reference path (the oracle), backend switching and fallback."""
+"""The compiled engine against the reference path (the oracle): every family, shape, stride,
+packing and thread count, forward and both gradients."""
 
 from __future__ import annotations
-
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import needs_kernels, run_python
 
 from psconv import kernels
 from psconv.layers import PSConv2d
-
-needs_kernels = pytest.mark.skipif(
-    not kernels.kernels_available(), reason=f"compiled kernels unavailable: {kernels.kernel_info()['error']}"
-)
 
 FAMILIES = ["PS4_P4", "PSD4_P8", "PSD2_P8", "PSD1_P16", "PS1_P9", "PS2_P6", "pSC4", "pSC1", "dense"]
 
@@ -350,72 +344,6 @@ def test_packed_weights_cached_for_inference_only():
 
 
 @needs_kernels
-def test_auto_backend_choice():
-    """With autotuning off: the efficiency model where it is calibrated, oneDNN elsewhere."""
-    from psconv.kernels import binding, dispatch
-
-    kernels.set_backend("auto")
-    x = torch.randn(1, 64, 8, 8)
-    calibrated = binding.isa() in dispatch.CALIBRATED_ISAS
-    assert kernels.uses_fast(PSConv2d(64, 64, pattern="PS4_P4"), x) == calibrated
-    assert kernels.uses_fast(PSConv2d(64, 64, pattern="PSD1_P16"), x) == calibrated
-    assert not kernels.uses_fast(PSConv2d(64, 64, pattern="dense"), x)
-    assert not kernels.uses_fast(PSConv2d(64, 64, pattern="pSC4"), x)
-    kernels.set_backend("reference")
-    assert kernels.fast_forward(PSConv2d(64, 64, pattern="PS4_P4"), x) is None
-
-
-def test_unsupported_inputs_fall_back():
-    layer = PSConv2d(8, 8, pattern="PS4_P4")
-    kernels.set_backend("fast")
-    x64 = torch.randn(1, 8, 5, 5, dtype=torch.float64)
-    assert kernels.fast_forward(layer, x64) is None
-    assert kernels.fast_supported(layer, torch.empty(1, 8, 5, 5, device="meta")) is not None
-    layer64 = PSConv2d(8, 8, pattern="PS4_P4", dtype=torch.float64)
-    y = layer64(x64)  # reference path, float64 end to end
-    assert y.dtype == torch.float64
-
-
-def test_set_backend_validation():
-    with pytest.raises(ValueError):
-        kernels.set_backend("bogus")
-    kernels.set_backend("reference")
-    assert kernels.get_backend() == "reference"
-
-
-def test_using_backend_restores_the_previous_one_after_an_error(keep_backend):
-    kernels.set_backend("fast")
-    with pytest.raises(RuntimeError, match="inside"):
-        with kernels.using_backend("reference"):
-            assert kernels.get_backend() == "reference"
-            raise RuntimeError("inside")
-    assert kernels.get_backend() == "fast"
-    with pytest.raises(ValueError, match="backend must be one of"):
-        with kernels.using_backend("bogus"):
-            pass
-    assert kernels.get_backend() == "fast"
-
-
-def _run_py(code: str, **env: str) -> str:
-    full = dict(os.environ, **env)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=full, timeout=120)
-    assert out.returncode == 0, out.stderr
-    return out.stdout.strip()
-
-
-def test_env_backend_and_missing_library():
-    code = (
-        "import torch; from psconv import kernels; from psconv.layers import PSConv2d\n"
-        "l = PSConv2d(16, 16, pattern='PS4_P4'); x = torch.randn(1, 16, 6, 6)\n"
-        "y = l(x); r = l.reference_forward(x)\n"
-        "print(kernels.get_backend(), kernels.kernels_available(), float((y - r).abs().max()) < 1e-5)"
-    )
-    assert _run_py(code, PSCONV_BACKEND="reference") == f"reference {kernels.kernels_available()} True"
-    assert _run_py(code, PSCONV_DISABLE_KERNELS="1", PSCONV_BACKEND="fast") == "fast False True"
-    assert _run_py(code, PSCONV_KERNEL_LIB="/nonexistent/lib.so") == "auto False True"
-
-
-@needs_kernels
 def test_generic_isa_path():
     code = (
         "import torch; from psconv import kernels; from psconv.layers import PSConv2d\n"
@@ -431,8 +359,8 @@ def test_generic_isa_path():
         "    ok &= rel(y, r) < 1e-4 and rel(gx, x.grad) < 1e-4 and rel(gw, l.weight_values.grad) < 1e-4\n"
         "print(ok)"
     )
-    assert _run_py(code, PSCONV_KERNEL_ISA="generic") == "True"
-    assert _run_py(code, PSCONV_KERNEL_ISA="generic", PSCONV_PACKING="pair") == "True"
+    assert run_python(code, PSCONV_KERNEL_ISA="generic") == "True"
+    assert run_python(code, PSCONV_KERNEL_ISA="generic", PSCONV_PACKING="pair") == "True"
 
 
 @needs_kernels
@@ -457,7 +385,7 @@ def test_small_maps_forward_and_input_gradient_across_threads(threads):
         "    worst = max(worst, rel(grads[0][0], grads[1][0]), rel(grads[0][1], grads[1][1]))\n"
         "print(worst < 1e-4, worst)"
     )
-    assert _run_py(code, PSCONV_SMALL_MAPS="on").split()[0] == "True"
+    assert run_python(code, PSCONV_SMALL_MAPS="on").split()[0] == "True"
 
 
 @needs_kernels
@@ -526,17 +454,3 @@ def test_weight_gradient_is_bit_reproducible(threshold, monkeypatch):
     finally:
         torch.set_num_threads(threads)
     assert all(torch.equal(grads[0], g) for g in grads[1:])
-
-
-@needs_kernels
-def test_auto_stays_on_onednn_where_the_model_is_uncalibrated():
-    """On the portable build (a CPU the efficiency model was not calibrated on) 'auto' never
-    picks the compiled kernels; 'fast' still can."""
-    code = (
-        "import torch; from psconv import kernels; from psconv.layers import PSConv2d\n"
-        "l = PSConv2d(64, 64, pattern='PSD1_P16'); x = torch.randn(1, 64, 8, 8)\n"
-        "a = kernels.uses_fast(l, x); kernels.set_backend('fast'); print(a, kernels.uses_fast(l, x))"
-    )
-    assert _run_py(code, PSCONV_KERNEL_ISA="generic") == "False True"
-    if kernels.kernel_info()["isa"] == "avx512":
-        assert _run_py(code) == "True True"  # calibrated here: the model predicts a clear win

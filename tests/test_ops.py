@@ -7,12 +7,11 @@ import warnings
 
 import pytest
 import torch
+from conftest import needs_kernels
 
 import psconv
 from psconv import kernels
 from psconv.kernels import ops
-
-needs_kernels = pytest.mark.skipif(not kernels.kernels_available(), reason="compiled kernels not built")
 
 
 @pytest.fixture(autouse=True)
