@@ -1,5 +1,6 @@
-"""Shared test helpers: where the real shared data lies, a persistent decode cache, and
-checkpoints of models with spread weights (for inspect, predict and export)."""
+"""Shared test helpers: where the real shared data lies, a persistent decode cache,
+checkpoints of models with spread weights (for inspect, predict and export), the skip marker
+of the compiled-kernel tests and a fresh-interpreter runner (for settings read once per process)."""
 
 from __future__ import annotations
 
