@@ -7,8 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-
-from psconv import kernels
+from conftest import needs_kernels
 
 _PATH = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_small_maps.py"
 _spec = importlib.util.spec_from_file_location("bench_small_maps", _PATH)
@@ -27,7 +26,7 @@ def test_bad_layer_spec_is_refused_with_the_argument_named(spec: str) -> None:
         bench.main(["--layers", spec])
 
 
-@pytest.mark.skipif(not kernels.kernels_available(), reason="compiled kernels unavailable")
+@needs_kernels
 def test_short_run_writes_both_settings(tmp_path: Path) -> None:
     out = tmp_path / "small.json"
     args = [

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import needs_kernels
 
 from psconv import kernels
 from psconv.cli import main
@@ -64,7 +65,7 @@ def _bad_runs(npz: Path, tmp: Path) -> list[tuple[list[str], str]]:
     ]
 
 
-@pytest.mark.skipif(not kernels.kernels_available(), reason="compiled kernels not built")
+@needs_kernels
 def test_train_and_eval_with_measured_auto(
     cifar_npz: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

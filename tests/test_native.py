@@ -10,13 +10,12 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from psconv import kernels
+from conftest import needs_kernels
 
 CASES = Path(__file__).parent / "native" / "kernel_cases.py"
 
 
-@pytest.mark.skipif(not kernels.kernels_available(), reason="compiled kernels unavailable")
+@needs_kernels
 @pytest.mark.parametrize(
     ("isa", "small_maps"),
     # The small-map forward (csrc/kernel_small.inc) is on by default where it was timed (AVX2);
