@@ -84,3 +84,18 @@ def test_auto_stays_on_onednn_where_the_model_is_uncalibrated():
     assert run_python(code, PSCONV_KERNEL_ISA="generic") == "False True"
     if kernels.kernel_info()["isa"] == "avx512":
         assert run_python(code) == "True True"  # calibrated here: the model predicts a clear win
+
+
+def test_backend_choice_carries_the_constant_mark_of_torch_compiler():
+    """The hand-set mark must be exactly what ``torch.compiler.assume_constant_result`` sets
+    (a torch upgrade that changes the mechanism fails here, not as graph breaks)."""
+    from psconv.kernels import dispatch
+
+    probe = torch.compiler.assume_constant_result(lambda: None)
+    marks = vars(probe).items()
+    assert marks and marks <= vars(dispatch._backend_wants).items()
+
+
+def test_import_leaves_dynamo_unloaded():
+    """``torch._dynamo`` costs about 2 s to import: ``import psconv`` (every CLI call) must not pay it."""
+    assert run_python("import sys, psconv.cli; print('torch._dynamo' in sys.modules)") == "False"

@@ -56,7 +56,6 @@ def _model_wins(pattern: str, out_channels: int, in_channels: int, seed: int) ->
 switches._on_packing_change.append(_model_wins.cache_clear)
 
 
-@torch.compiler.assume_constant_result
 def _backend_wants(
     backend: str, pattern: str, out_channels: int, in_channels: int, seed: int, shape: tuple[int, ...] | None
 ) -> bool:
@@ -67,6 +66,13 @@ def _backend_wants(
     if shape is not None:
         return autotune.wins(pattern, out_channels, in_channels, seed, shape)
     return binding.isa() in CALIBRATED_ISAS and _model_wins(pattern, out_channels, in_channels, seed)
+
+
+# torch.compile takes the answer as a constant (no graph break, no tracing into autotune's
+# files): the mark torch.compiler.assume_constant_result sets, set by hand because that
+# decorator imports torch._dynamo, which doubled `import psconv` (and every CLI call) from 2 s
+# to 4 s. tests/test_dispatch.py checks the mark is still the decorator's.
+_backend_wants._dynamo_marked_constant = True  # type: ignore[attr-defined]
 
 
 def _shape_key(layer: PSConv2d, x: torch.Tensor) -> tuple[int, ...]:
