@@ -42,6 +42,7 @@ def atomic_stream(path: str | os.PathLike[str], *, overwrite: bool = True) -> It
         raise FileExistsRefused(f"{str(path)!r} already exists")
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, _mode_for(path))
         with os.fdopen(fd, "wb") as handle:
             yield handle
             handle.flush()
@@ -52,6 +53,17 @@ def atomic_stream(path: str | os.PathLike[str], *, overwrite: bool = True) -> It
             _link_new(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)
+
+
+def _mode_for(path: Path) -> int:
+    """The permissions ``open(path, "w")`` would give: an existing file's own, else 0o666 less
+    the umask (``mkstemp`` makes 0o600 files, which a colleague or a web server cannot read)."""
+    try:
+        return path.stat().st_mode & 0o777
+    except FileNotFoundError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
 
 
 def _link_new(tmp: str, path: Path) -> None:

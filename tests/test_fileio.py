@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 from pathlib import Path
 
 import pytest
@@ -27,6 +28,24 @@ def test_failed_stream_leaves_nothing(tmp_path: Path) -> None:
         handle.write(b"partial")
         raise RuntimeError("connection lost")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_new_file_gets_the_umask_s_permissions(tmp_path: Path, umask: int, mode: int) -> None:
+    old = os.umask(umask)
+    try:
+        written = atomic_write(tmp_path / "ckpt.bin", b"x")
+    finally:
+        os.umask(old)
+    assert written.stat().st_mode & 0o777 == mode
+
+
+def test_replaced_file_keeps_its_permissions(tmp_path: Path) -> None:
+    target = tmp_path / "summary.json"
+    target.write_text("old")
+    target.chmod(0o640)
+    atomic_write(target, "new")
+    assert target.read_text() == "new" and target.stat().st_mode & 0o777 == 0o640
 
 
 def test_bar_only_on_a_terminal_of_rank_0(monkeypatch: pytest.MonkeyPatch) -> None:
