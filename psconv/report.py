@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import csv
 import functools
+import io
 import json
 from pathlib import Path
 from typing import Any
 
 from .data.info import DATASETS
 from .energy import EnergyConstants, energy_estimate
+from .fileio import atomic_write
 from .models import DATASET_SHAPES, create_model
 from .patterns import PAPER_PATTERNS, parse_pattern
 from .profile import profile
@@ -198,10 +200,11 @@ def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     if not rows:
         return
     fields = list(dict.fromkeys(key for row in rows for key in row))
-    with path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(rows)
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=fields)
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write(path, text.getvalue())
 
 
 def _run_rows(
@@ -353,7 +356,7 @@ def write_report(
         sections += ["## Figures", ""] + [f"![{f.stem}]({f.name})" for f in figures] + [""]
     if note:
         sections += [f"_{note}_", ""]
-    (out_dir / "report.md").write_text("\n".join(sections))
+    atomic_write(out_dir / "report.md", "\n".join(sections))
     return {"report": str(out_dir / "report.md"), "figures": [str(f) for f in figures], "runs": run_rows,
             "variants": variants}  # fmt: skip
 

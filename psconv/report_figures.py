@@ -15,6 +15,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from .fileio import atomic_stream
+
 __all__ = ["draw_figures", "PANELS"]
 
 # Panels, and the (model, pattern) variants each shows; the light networks sit beside the
@@ -127,8 +129,7 @@ def _accuracy_figure(
         fig.tight_layout(rect=(0, 0, 1, 0.94))
     else:
         fig.tight_layout()
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
+    _save(fig, path)
     return path
 
 
@@ -164,8 +165,7 @@ def _curves_figure(runs: list[dict[str, Any]], path: Path) -> Path | None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
+    _save(fig, path)
     return path
 
 
@@ -189,3 +189,12 @@ def draw_figures(variants: list[dict[str, Any]], runs: list[dict[str, Any]], out
         _curves_figure(runs, out_dir / "training_curves.png"),
     ]  # fmt: skip
     return [f for f in figures if f is not None]
+
+
+def _save(fig: Any, path: Path) -> None:
+    """The PNG under ``path`` only once complete (a figure is often replaced in place)."""
+    import matplotlib.pyplot as plt
+
+    with atomic_stream(path) as handle:
+        fig.savefig(handle, dpi=130, format="png")
+    plt.close(fig)
