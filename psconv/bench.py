@@ -196,6 +196,13 @@ def _bench_layer(layer: PSConv2d, shape: tuple[int, ...], repeats: int, train: b
     return _interleaved(fns, repeats, target_s=0.05)
 
 
+def _runs_fast(layer: nn.Module, shape: tuple[int, ...], train: bool) -> bool:
+    """Whether the timed call took the kernels: asked as that call was made (backend, batch,
+    gradients), since 'auto' decides a training call and a forward call of a shape apart."""
+    with kernels.using_backend(_SPARSE_BACKEND), torch.set_grad_enabled(train):
+        return kernels.uses_fast(layer, torch.empty(shape, requires_grad=train))
+
+
 def _layer_table(
     sparse: nn.Module,
     ideal_layers: dict[str, float],
@@ -213,8 +220,7 @@ def _layer_table(
             if key not in cache:
                 t = _bench_layer(layer, shape, repeats, train=case == "train")
                 dense = min(t["dense/nchw"], t["dense/cl"])
-                with kernels.using_backend(_SPARSE_BACKEND):  # the backend the row was timed on
-                    fast = kernels.uses_fast(layer, torch.empty(shape))
+                fast = _runs_fast(layer, shape, train=case == "train")
                 cache[key] = {
                     "dense_ms": dense * 1e3,
                     "masked_ms": t["masked"] * 1e3,

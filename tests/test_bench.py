@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from psconv import bench, kernels
 
@@ -85,3 +86,20 @@ def test_deploy_rows_keep_every_anchor(tmp_path, capsys):
             row["ort_dense_ms"] / row["ours_ms"], rel=1e-2
         )
     assert "ORT dense" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_layer_label_asks_about_the_call_that_was_timed(monkeypatch, train):
+    """'auto' decides forward and training calls of a shape apart: the row's kernel label must
+    be asked under the timed call's gradient mode and backend."""
+    from psconv.layers import PSConv2d
+
+    seen = []
+
+    def spy(layer, x):
+        seen.append((torch.is_grad_enabled(), x.requires_grad, kernels.get_backend(), tuple(x.shape)))
+        return True
+
+    monkeypatch.setattr(kernels, "uses_fast", spy)
+    assert bench._runs_fast(PSConv2d(8, 8, pattern="PS4_P4"), (1, 8, 6, 6), train=train)
+    assert seen == [(train, train, bench._SPARSE_BACKEND, (1, 8, 6, 6))]
