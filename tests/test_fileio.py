@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from psconv import progress
+from psconv import fileio, progress
 from psconv.fileio import FileExistsRefused, atomic_stream, atomic_write
 
 
@@ -38,6 +38,17 @@ def test_new_file_gets_the_umask_s_permissions(tmp_path: Path, umask: int, mode:
     finally:
         os.umask(old)
     assert written.stat().st_mode & 0o777 == mode
+
+
+@pytest.mark.parametrize("proc", [True, False], ids=["proc-status", "umask-call"])
+def test_umask_read_with_or_without_proc(monkeypatch: pytest.MonkeyPatch, proc: bool) -> None:
+    if not proc:  # as on macOS: no /proc/self/status
+        monkeypatch.setattr(fileio, "Path", lambda _p: Path("/nonexistent/status"))
+    old = os.umask(0o027)
+    try:
+        assert fileio._umask() == 0o027 and os.umask(0o027) == 0o027  # read, and left as it was
+    finally:
+        os.umask(old)
 
 
 def test_replaced_file_keeps_its_permissions(tmp_path: Path) -> None:
