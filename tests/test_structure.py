@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ast
+import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -72,3 +74,13 @@ def test_argparse_only_in_the_command_layer() -> None:
 
 def test_no_development_paths_in_the_library() -> None:
     assert [p.name for p in MODULES if "../shared" in p.read_text() or '"shared"' in p.read_text()] == []
+
+
+@pytest.mark.parametrize("script", sorted((ROOT / "benchmarks").glob("*.sh")), ids=lambda p: p.name)
+def test_benchmark_scripts_parse_and_name_files_that_exist(script: Path) -> None:
+    """A shell script is run rarely (on a new CPU): a syntax error or a renamed file it calls
+    must show here, not there."""
+    parsed = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
+    assert parsed.returncode == 0, parsed.stderr
+    named = re.findall(r"(?:benchmarks|results)/[\w./-]+\.(?:py|json)", script.read_text())
+    assert named and [n for n in named if not (ROOT / n).is_file()] == []
