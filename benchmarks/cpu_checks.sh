@@ -11,7 +11,7 @@
 # 3. The small-map forward on and off (bench_small_maps.py): where "off/on" is clearly above 1,
 #    define PSC_SMALL_MAPS_ON in that ISA's csrc/kernels_<isa>.cpp.
 # Stop other work on the machine first (a training run beside a benchmark measures nothing).
-# About 30-60 minutes on two cores; each step writes its table (.txt) and its JSON to OUT_DIR.
+# About 20 minutes on two cores of a Zen 3; each step writes its table (.txt) and its JSON to OUT_DIR.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
