@@ -33,7 +33,7 @@ def _layer_and_input() -> tuple[PSConv2d, torch.Tensor]:
 
 
 def _key(layer: PSConv2d, x: torch.Tensor) -> str:
-    shape = dispatch._shape_key(layer, x)
+    shape = dispatch._shape_keys(layer, x)[0]
     return autotune.cache_key(layer.pattern.name, layer.out_channels, layer.in_channels, layer.seed, shape)
 
 
@@ -125,3 +125,82 @@ def test_measures_under_inference_mode():
     kernels.set_backend("reference")
     with torch.no_grad():
         torch.testing.assert_close(y, layer(x), rtol=1e-4, atol=1e-4)
+
+
+def _decide_by(rule):
+    """A stand-in measurement: the kernel wins where ``rule(cout, batch class)`` says."""
+    return lambda pattern, cout, cin, seed, shape: {
+        "fast": rule(cout, shape[6]),
+        "fast_ms": 1.0,
+        "dense_ms": 1.0,
+    }
+
+
+def _sparse_stack() -> torch.nn.Module:
+    torch.manual_seed(0)
+    layers = [PSConv2d(16, 32, pattern="PSD1_P16"), torch.nn.ReLU(), PSConv2d(32, 64, pattern="PSD2_P8")]
+    return torch.nn.Sequential(*layers).eval()
+
+
+@needs_kernels
+@pytest.mark.parametrize(
+    ("rule", "recorded"),
+    [
+        (lambda cout, batch: True, 2),
+        (lambda cout, batch: batch == 1, 0),  # wins at batch 1 only: not for every batch
+        (lambda cout, batch: cout == 64, 1),
+    ],
+    ids=["everywhere", "batch-1-only", "one-layer"],
+)
+def test_free_batch_export_records_the_kernel_where_it_wins_at_batch_1_and_16(monkeypatch, rule, recorded):
+    """A dynamic batch is never compared with a number (which would specialise the program, or
+    fail the export), and the one program takes the kernel only where it wins at both ends."""
+    monkeypatch.setattr(autotune, "_measure", _decide_by(rule))
+    model = _sparse_stack()
+    batch = torch.export.Dim("batch", min=1, max=64)
+    program = torch.export.export(model, (torch.randn(2, 16, 8, 8),), dynamic_shapes=({0: batch},))
+    assert sum(node.target is torch.ops.psconv.conv.default for node in program.graph.nodes) == recorded
+    exported = program.module()
+    with torch.no_grad():
+        for b in (1, 3, 20):
+            x = torch.randn(b, 16, 8, 8)
+            torch.testing.assert_close(exported(x), model(x), rtol=1e-4, atol=1e-4)
+
+
+@needs_kernels
+def test_pt2_export_leaves_out_the_indices_of_kernel_layers(monkeypatch, tmp_path):
+    """The program's sparse layers on the kernels carry their free weights only (their plans come
+    from the pattern spec); a layer left on the reference convolution keeps its index."""
+    import psconv
+    from psconv import export, predict
+
+    monkeypatch.setattr(autotune, "_measure", _decide_by(lambda cout, batch: cout >= 256))
+    model = psconv.create_model("resnet18", "PSD2_P8").eval()
+    deploy = predict.load_for_inference(psconv.save(model, tmp_path / "m.safetensors", dataset="cifar10"))
+    result = export.export_model(deploy, "pt2", tmp_path / "m.pt2")
+    assert result["max_abs_diff"] < 1e-4
+    layers = [m for m in deploy.model.modules() if isinstance(m, PSConv2d)]
+    assert all(hasattr(m, "mask") and hasattr(m, "flat_index") for m in layers)  # the model itself keeps them
+    constants = torch.export.load(tmp_path / "m.pt2").constants
+    sparse = {name: m for name, m in model.named_modules() if isinstance(m, PSConv2d)}
+    kept = {name for name, m in sparse.items() if f"{name}.flat_index" in constants}
+    assert kept == {name for name, m in sparse.items() if m.out_channels < 256} != set()
+    assert not any(key.endswith(".mask") and key[: -len(".mask")] not in kept for key in constants)
+
+
+@needs_kernels
+def test_a_dynamic_batch_compiles_whole(monkeypatch):
+    """torch.compile with a dynamic batch (declared, or made so by a second batch size): the
+    measured decision adds no graph break and no guard on the batch (a batch declared dynamic
+    would fail the trace), and the one graph serves every batch."""
+    monkeypatch.setattr(autotune, "_measure", _decide_by(lambda cout, batch: cout == 64))
+    model = _sparse_stack()
+    x = torch.randn(3, 16, 8, 8)
+    torch._dynamo.mark_dynamic(x, 0)
+    with torch.no_grad():
+        assert torch._dynamo.explain(model)(x).graph_break_count == 0
+        torch._dynamo.reset()
+        compiled = torch.compile(model, fullgraph=True)
+        for b in (3, 20, 7):
+            x = torch.randn(b, 16, 8, 8)
+            torch.testing.assert_close(compiled(x), model(x), rtol=1e-4, atol=1e-4)

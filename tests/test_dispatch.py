@@ -99,3 +99,18 @@ def test_backend_choice_carries_the_constant_mark_of_torch_compiler():
 def test_import_leaves_dynamo_unloaded():
     """``torch._dynamo`` costs about 2 s to import: ``import psconv`` (every CLI call) must not pay it."""
     assert run_python("import sys, psconv.cli; print('torch._dynamo' in sys.modules)") == "False"
+
+
+@needs_kernels
+def test_an_eager_measured_decision_leaves_sympy_unloaded(tmp_path):
+    """Only traced calls need symbolic shapes; their module loads sympy (0.5 s), which a batch-1
+    prediction on a remembered decision must not pay (the measurement itself loads it)."""
+    code = (
+        "import sys, torch, psconv\n"
+        "with torch.no_grad(): psconv.PSConv2d(16, 16, pattern='PSD1_P16')(torch.randn(1, 16, 8, 8))\n"
+        "print('sympy' in sys.modules)"
+    )
+    env = {"PSCONV_AUTOTUNE": "on", "PSCONV_CACHE_DIR": str(tmp_path)}
+    run_python(code, **env)  # measures, and remembers on disk
+    assert (tmp_path / "autotune-v3.json").is_file()
+    assert run_python(code, **env) == "False"

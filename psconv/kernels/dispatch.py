@@ -75,19 +75,32 @@ def _backend_wants(
 _backend_wants._dynamo_marked_constant = True  # type: ignore[attr-defined]
 
 
-def _shape_key(layer: PSConv2d, x: torch.Tensor) -> tuple[int, ...]:
-    """What a measured decision depends on besides the mask: geometry, batch (1, or up to 16:
-    larger batches time like 16 per image), and whether the call computes gradients."""
-    b = int(x.shape[0])
+def _batch_classes(b: int | torch.SymInt) -> tuple[int, ...]:
+    """The batch classes a decision must hold for: the call's own (1, 2 .. 15, or 16 for 16 and
+    more), or both ends, 1 and 16, when the batch is free: traced with a dynamic batch
+    (``torch.export`` with a batch ``Dim``, ``torch.compile`` after a second batch size), where
+    one graph serves every batch. A free batch is never compared with a number: that would add
+    a guard, which specialises the program or, for a batch declared dynamic, fails the trace."""
+    if type(b) is int and not torch.compiler.is_compiling():  # eager: the batch is a number
+        return (1 if b == 1 else min(b, 16),)
+    # Imported here, by traced calls only: it loads sympy (0.5 s).
+    from torch.fx.experimental.symbolic_shapes import statically_known_true as known
+
+    if known(b == 1):
+        return (1,)
+    if known(b >= 16):
+        return (16,)
+    fixed = [n for n in range(2, 16) if known(b == n)]
+    return (fixed[0],) if fixed else (1, 16)
+
+
+def _shape_keys(layer: PSConv2d, x: torch.Tensor) -> tuple[tuple[int, ...], ...]:
+    """What a measured decision depends on besides the mask, once per batch class (see
+    :func:`_batch_classes`): geometry, batch (1, or up to 16: larger batches time like 16 per
+    image), and whether the call computes gradients."""
     train = torch.is_grad_enabled() and (x.requires_grad or layer.weight_values.requires_grad)
-    return (
-        *layer.stride,
-        *layer.padding,
-        int(x.shape[2]),
-        int(x.shape[3]),
-        1 if b == 1 else min(b, 16),
-        int(train),
-    )
+    geometry = (*layer.stride, *layer.padding, int(x.shape[2]), int(x.shape[3]))
+    return tuple((*geometry, batch, int(train)) for batch in _batch_classes(x.shape[0]))
 
 
 # Eager calls repeat a few kinds of call per layer: the decision is remembered per layer under
@@ -135,10 +148,9 @@ def _decide(layer: PSConv2d, x: torch.Tensor) -> bool:
     if backend == "reference" or fast_supported(layer, x) is not None:
         return False
     measured = backend == "auto" and autotune.measures(binding.isa() in CALIBRATED_ISAS)
-    shape = _shape_key(layer, x) if measured else None
-    return _backend_wants(
-        backend, layer.pattern.name, layer.out_channels, layer.in_channels, layer.seed, shape
-    )
+    shapes = _shape_keys(layer, x) if measured else (None,)
+    spec = (layer.pattern.name, layer.out_channels, layer.in_channels, layer.seed)
+    return all(_backend_wants(backend, *spec, shape) for shape in shapes)
 
 
 def fast_forward(
