@@ -128,9 +128,9 @@ def _torchscript_bytes(dense: nn.Module, example: torch.Tensor, metadata: dict[s
 def _drop_kernel_layers_indices(model: nn.Module, example: torch.Tensor) -> None:
     """Delete the mask and flat index of every sparse layer that the program will run on the
     kernels (they find their plans from the pattern spec): ``torch.export`` saves every buffer,
-    used or not, and these two (bool and int64) weigh 2.4x the free weights; a ResNet18 PSD2_P8
-    program for Tiny ImageNet was 55.7 MB, its weights 16.4 MB. A layer left on the reference convolution keeps
-    both. The decision is the one the traced program makes (free batch: batch 1 and 16)."""
+    used or not, and these two (bool and int64) weigh 2.4x the free weights: a ResNet18 PSD2_P8
+    program for Tiny ImageNet was 55.7 MB, its weights 16.4 MB. A layer left on the reference
+    convolution keeps both. The decision is the traced program's (free batch: batch 1 and 16)."""
     from .kernels import uses_fast
     from .layers import PSConv2d
 
