@@ -154,7 +154,8 @@ def _drop_kernel_layers_indices(model: nn.Module, example: torch.Tensor) -> None
 
 def _pt2_bytes(deploy: DeployModel, example: torch.Tensor, metadata: dict[str, Any]) -> bytes:
     """The exported program of the inference form: psconv's sparse operators stay in it, so it
-    keeps the sparse speed (and needs psconv installed to run)."""
+    keeps the sparse speed (and needs psconv installed to run). Adds ``kernel_layers`` (how many
+    sparse layers call the operator) to ``metadata``."""
     from .inference import optimize_for_inference
 
     model = optimize_for_inference(deploy.model)
@@ -162,6 +163,10 @@ def _pt2_bytes(deploy: DeployModel, example: torch.Tensor, metadata: dict[str, A
     batch = torch.export.Dim("batch", min=1, max=1024)  # within the kernels' 32-bit pixel indices
     example = example.expand(2, *example.shape[1:]).contiguous()  # a batch of 1 would be specialised
     program = torch.export.export(model, (example,), dynamic_shapes=({0: batch},))
+    # On CPUs where 'auto' measures, layers where oneDNN wins stay convolutions: say how many.
+    metadata["kernel_layers"] = sum(
+        node.target is torch.ops.psconv.conv.default for node in program.graph.nodes
+    )
     buffer = io.BytesIO()
     torch.export.save(
         program,

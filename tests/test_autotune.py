@@ -180,6 +180,7 @@ def test_pt2_export_leaves_out_the_indices_of_kernel_layers(monkeypatch, tmp_pat
     result = export.export_model(deploy, "pt2", tmp_path / "m.pt2")
     assert result["max_abs_diff"] < 1e-4
     layers = [m for m in deploy.model.modules() if isinstance(m, PSConv2d)]
+    assert result["kernel_layers"] == sum(m.out_channels >= 256 for m in layers) > 0
     assert all(hasattr(m, "mask") and hasattr(m, "flat_index") for m in layers)  # the model itself keeps them
     constants = torch.export.load(tmp_path / "m.pt2").constants
     sparse = {name: m for name, m in model.named_modules() if isinstance(m, PSConv2d)}

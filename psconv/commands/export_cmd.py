@@ -1,4 +1,4 @@
-"""``psconv export``: write a checkpoint's model as ONNX or TorchScript for other runtimes."""
+"""``psconv export``: a checkpoint's model as a pt2 program (sparse operators) or ONNX / TorchScript."""
 
 from __future__ import annotations
 
@@ -42,9 +42,13 @@ def run(args: argparse.Namespace) -> int:
         if "max_abs_diff" in result
         else "; not verified"
     )
+    graph = "dense-equivalent graph"
+    if args.format == "pt2":
+        graph = (
+            f"psconv operators in {result['kernel_layers']} of {len(result['sparse_layers'])} sparse layers"
+        )
     print(
-        f"wrote {result['file']} ({args.format}, {result['file_bytes']:,} bytes, "
-        f"{'sparse operators' if args.format == 'pt2' else 'dense-equivalent graph'}): "
+        f"wrote {result['file']} ({args.format}, {result['file_bytes']:,} bytes, {graph}): "
         f"{result['model']} {result['pattern']}, {result['params']:,} params, {result['macs']:,} MACs{check}"
     )
     return 0
