@@ -125,19 +125,22 @@ def _torchscript_bytes(dense: nn.Module, example: torch.Tensor, metadata: dict[s
     return buffer.getvalue()
 
 
-def _drop_kernel_layers_indices(model: nn.Module, example: torch.Tensor) -> None:
-    """Delete the mask and flat index of every sparse layer that the program will run on the
-    kernels (they find their plans from the pattern spec): ``torch.export`` saves every buffer,
-    used or not, and these two (bool and int64) weigh 2.4x the free weights: a ResNet18 PSD2_P8
-    program for Tiny ImageNet was 55.7 MB, its weights 16.4 MB. A layer left on the reference
-    convolution keeps both. The decision is the traced program's (free batch: batch 1 and 16)."""
+def _export_form(model: nn.Module, example: torch.Tensor) -> None:
+    """Each sparse layer of the inference form as the program will run it. On the kernels: free
+    weights only (the kernels find their layout from the pattern spec), its mask and flat index
+    deleted; ``torch.export`` saves every buffer, used or not, and these two (bool and int64)
+    weigh 2.4x the free weights (a ResNet18 PSD2_P8 program for Tiny ImageNet was 55.7 MB, its
+    weights 16.4 MB). On oneDNN: a :class:`FusedConv2d` with the zeros written in. The decision
+    is the traced program's (free batch: the kernel where it wins at batch 1 and 16)."""
+    from .inference import FusedConv2d
     from .kernels import uses_fast
     from .layers import PSConv2d
 
-    inputs: dict[PSConv2d, torch.Size] = {}
+    inputs: dict[str, torch.Size] = {}
+    names = {module: name for name, module in model.named_modules()}
 
     def record(layer: nn.Module, args: tuple[Any, ...]) -> None:
-        inputs.setdefault(layer, args[0].shape)  # type: ignore[index]
+        inputs.setdefault(names[layer], args[0].shape)  # type: ignore[index]
 
     hooks = [m.register_forward_pre_hook(record) for m in model.modules() if isinstance(m, PSConv2d)]
     try:
@@ -147,9 +150,13 @@ def _drop_kernel_layers_indices(model: nn.Module, example: torch.Tensor) -> None
         for hook in hooks:
             hook.remove()
     with torch.no_grad():
-        for layer, shape in inputs.items():
+        for name, shape in inputs.items():
+            layer = model.get_submodule(name)
             if all(uses_fast(layer, torch.zeros(b, *shape[1:])) for b in (1, 16)):
                 del layer.mask, layer.flat_index
+            else:
+                parent, _, child = name.rpartition(".")
+                setattr(model.get_submodule(parent), child, FusedConv2d(layer))
 
 
 def _pt2_bytes(deploy: DeployModel, example: torch.Tensor, metadata: dict[str, Any]) -> bytes:
@@ -159,7 +166,7 @@ def _pt2_bytes(deploy: DeployModel, example: torch.Tensor, metadata: dict[str, A
     from .inference import optimize_for_inference
 
     model = optimize_for_inference(deploy.model)
-    _drop_kernel_layers_indices(model, example)
+    _export_form(model, example)
     batch = torch.export.Dim("batch", min=1, max=1024)  # within the kernels' 32-bit pixel indices
     example = example.expand(2, *example.shape[1:]).contiguous()  # a batch of 1 would be specialised
     program = torch.export.export(model, (example,), dynamic_shapes=({0: batch},))

@@ -168,9 +168,10 @@ def test_free_batch_export_records_the_kernel_where_it_wins_at_batch_1_and_16(mo
 
 
 @needs_kernels
-def test_pt2_export_leaves_out_the_indices_of_kernel_layers(monkeypatch, tmp_path):
-    """The program's sparse layers on the kernels carry their free weights only (their plans come
-    from the pattern spec); a layer left on the reference convolution keeps its index."""
+def test_pt2_export_holds_free_weights_or_dense_kernels_and_no_index(monkeypatch, tmp_path):
+    """A sparse layer on the kernels carries its free weights only (its layout comes from the
+    pattern spec); one left on oneDNN becomes a plain convolution with its zeros written in, not
+    a scatter of its weights on every call. Neither carries a mask or an index."""
     import psconv
     from psconv import export, predict
 
@@ -179,14 +180,20 @@ def test_pt2_export_leaves_out_the_indices_of_kernel_layers(monkeypatch, tmp_pat
     deploy = predict.load_for_inference(psconv.save(model, tmp_path / "m.safetensors", dataset="cifar10"))
     result = export.export_model(deploy, "pt2", tmp_path / "m.pt2")
     assert result["max_abs_diff"] < 1e-4
-    layers = [m for m in deploy.model.modules() if isinstance(m, PSConv2d)]
-    assert result["kernel_layers"] == sum(m.out_channels >= 256 for m in layers) > 0
-    assert all(hasattr(m, "mask") and hasattr(m, "flat_index") for m in layers)  # the model itself keeps them
-    constants = torch.export.load(tmp_path / "m.pt2").constants
-    sparse = {name: m for name, m in model.named_modules() if isinstance(m, PSConv2d)}
-    kept = {name for name, m in sparse.items() if f"{name}.flat_index" in constants}
-    assert kept == {name for name, m in sparse.items() if m.out_channels < 256} != set()
-    assert not any(key.endswith(".mask") and key[: -len(".mask")] not in kept for key in constants)
+    layers = {name: m for name, m in deploy.model.named_modules() if isinstance(m, PSConv2d)}
+    assert all(
+        hasattr(m, "mask") and hasattr(m, "flat_index") for m in layers.values()
+    )  # the model keeps them
+    on_kernels = {name for name, m in layers.items() if m.out_channels >= 256}
+    assert result["kernel_layers"] == len(on_kernels) > 0
+    program = torch.export.load(tmp_path / "m.pt2")
+    assert not any(key.endswith((".mask", ".flat_index")) for key in program.constants)
+    assert not any("index_put" in str(node.target) for node in program.graph.nodes)
+    for name, m in layers.items():
+        free, dense = f"{name}.weight_values" in program.state_dict, f"{name}.weight" in program.state_dict
+        assert (free, dense) == ((True, False) if name in on_kernels else (False, True))
+        if dense:
+            torch.testing.assert_close(program.state_dict[f"{name}.weight"] != 0, m.mask)
 
 
 @needs_kernels

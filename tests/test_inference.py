@@ -12,7 +12,7 @@ from torch import nn
 
 import psconv
 import psconv.cli
-from psconv.inference import FusedPSConv2d, PointwiseMatmul, optimize_for_inference
+from psconv.inference import FusedConv2d, FusedPSConv2d, PointwiseMatmul, optimize_for_inference
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -131,3 +131,21 @@ def test_pt2_export_reloads_in_a_fresh_process(tmp_path: Path) -> None:
     torch.testing.assert_close(
         torch.load(tmp_path / "y.pt"), expected, rtol=1e-4, atol=1e-4 * float(expected.abs().max())
     )
+
+
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_dense_fused_form_equals_the_sparse_one(relu: bool, stride: int) -> None:
+    """What an exported program runs for a layer left on oneDNN: the same fused output."""
+    torch.manual_seed(0)
+    layer = FusedPSConv2d.from_layer(psconv.PSConv2d(16, 24, stride=stride, padding=1, pattern="PSD2_P8"))
+    with torch.no_grad():
+        layer.bias = nn.Parameter(torch.randn(24))
+    layer.relu = relu
+    dense = FusedConv2d(layer)
+    x = torch.randn(3, 16, 9, 9)
+    residual = torch.randn(3, 24, (9 - 1) // stride + 1, (9 - 1) // stride + 1)
+    with torch.no_grad():
+        for res in (None, residual):
+            torch.testing.assert_close(dense(x, res), layer(x, res), rtol=1e-5, atol=1e-5)
+    assert not any(p.requires_grad for p in dense.parameters())
