@@ -5,7 +5,8 @@
 For each model: a checkpoint of its (untrained) weights, exported as ``export`` does (free
 batch), reloaded with ``torch.export.load``; both run under ``torch.no_grad``, interleaved in
 one process, median of rounds. The program calls the kernels through PyTorch's operator
-dispatch, the eager form directly, which shows at batch 1.
+dispatch, the eager form directly, which shows at batch 1; ``psconv.load_program`` loads the same
+file with the sparse layers calling the kernels directly.
 """
 
 from __future__ import annotations
@@ -50,11 +51,15 @@ def main() -> None:
         )
         result = export.export_model(deploy, "pt2", folder / f"{name}.pt2", force=True)
         program = torch.export.load(folder / f"{name}.pt2").module()
+        direct = psconv.load_program(folder / f"{name}.pt2")
         eager = psconv.optimize_for_inference(deploy.model)
         for batch in args.batches:
             x = torch.randn(batch, 3, deploy.image_size, deploy.image_size)
 
-            fns = {"eager": _no_grad_call(eager, x), "program": _no_grad_call(program, x)}
+            fns = {
+                k: _no_grad_call(m, x)
+                for k, m in (("eager", eager), ("program", program), ("load_program", direct))
+            }
             for fn in fns.values():
                 for _ in range(3):
                     fn()
@@ -63,7 +68,8 @@ def main() -> None:
             print(
                 f"{name} {pattern} b={batch}: kernel layers {result['kernel_layers']}/"
                 f"{len(result['sparse_layers'])}, eager {ms['eager']:.2f} ms, program {ms['program']:.2f} ms"
-                f" (program / eager {ms['program'] / ms['eager']:.2f})",
+                f" ({ms['program'] / ms['eager']:.2f}x eager), psconv.load_program {ms['load_program']:.2f} ms"
+                f" ({ms['load_program'] / ms['eager']:.2f}x)",
                 flush=True,
             )
 

@@ -3,7 +3,7 @@
 from .allocator import tune_allocator
 from .checkpoint import Checkpoint, CheckpointError, load, load_checkpoint, read_header, save
 from .convert import densify, eligible_convs, sparsify
-from .inference import optimize_for_inference
+from .inference import load_program, optimize_for_inference
 from .kernels import get_backend, set_backend
 from .layers import PSConv2d
 from .models import create_model, list_models, register_model
@@ -26,6 +26,7 @@ __all__ = [
     "list_models",
     "load",
     "load_checkpoint",
+    "load_program",
     "optimize_for_inference",
     "parse_pattern",
     "pattern_mask",

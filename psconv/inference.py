@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import copy
 import operator
+import os
 from typing import Any
 
 import torch
@@ -33,7 +34,14 @@ from torch import fx, nn
 from . import kernels
 from .layers import PSConv2d
 
-__all__ = ["optimize_for_inference", "inference_form", "FusedPSConv2d", "FusedConv2d", "PointwiseMatmul"]
+__all__ = [
+    "optimize_for_inference",
+    "inference_form",
+    "load_program",
+    "FusedPSConv2d",
+    "FusedConv2d",
+    "PointwiseMatmul",
+]
 
 
 class FusedPSConv2d(PSConv2d):
@@ -280,6 +288,21 @@ def optimize_for_inference(model: nn.Module) -> nn.Module:
     for p in gm.parameters():
         p.requires_grad_(False)
     return gm.eval()
+
+
+def load_program(path: str | os.PathLike[str]) -> nn.Module:
+    """A ``psconv export --format pt2`` file as a module whose sparse layers call the kernels
+    directly: ``torch.export.load(path).module()`` with each ``psconv::conv`` call retargeted to
+    :func:`~psconv.kernels.ops.conv_direct`. Same outputs; at batch 1 it skips the operator
+    dispatch of every sparse layer (see ``benchmarks/bench_pt2.py``)."""
+    from .kernels.ops import conv_direct
+
+    module = torch.export.load(str(path)).module()
+    for node in module.graph.nodes:
+        if node.op == "call_function" and node.target is torch.ops.psconv.conv.default:
+            node.target = conv_direct
+    module.recompile()
+    return module
 
 
 def inference_form(model: nn.Module) -> nn.Module:

@@ -149,3 +149,31 @@ def test_dense_fused_form_equals_the_sparse_one(relu: bool, stride: int) -> None
         for res in (None, residual):
             torch.testing.assert_close(dense(x, res), layer(x, res), rtol=1e-5, atol=1e-5)
     assert not any(p.requires_grad for p in dense.parameters())
+
+
+def test_load_program_calls_the_kernels_directly_with_equal_outputs(tmp_path: Path) -> None:
+    from psconv.kernels.ops import conv_direct
+
+    model = _trained_like(psconv.create_model("vgg16", "PSD1_P16"))
+    ckpt = psconv.save(model, tmp_path / "m.safetensors", dataset="cifar10")
+    out = tmp_path / "m.pt2"
+    backend = psconv.get_backend()
+    psconv.set_backend("fast")  # every sparse layer calls the operator, whatever the CPU
+    try:
+        assert (
+            psconv.cli.main(["export", "--checkpoint", str(ckpt), "--format", "pt2", "--out", str(out)]) == 0
+        )
+    finally:
+        psconv.set_backend(backend)
+    standard, direct = torch.export.load(out).module(), psconv.load_program(out)
+    targets = [node.target for node in direct.graph.nodes if node.op == "call_function"]
+    assert targets.count(conv_direct) == 12 and torch.ops.psconv.conv.default not in targets
+    with torch.no_grad():
+        for b in (1, 3):
+            x = torch.randn(b, 3, 32, 32)
+            torch.testing.assert_close(direct(x), standard(x), rtol=0, atol=0)
+    # A call that needs gradients takes the operator, which has them.
+    x = torch.randn(2, 3, 32, 32, requires_grad=True)
+    (g_direct,) = torch.autograd.grad(direct(x).sum(), x)
+    (g_standard,) = torch.autograd.grad(standard(x).sum(), x)
+    torch.testing.assert_close(g_direct, g_standard)

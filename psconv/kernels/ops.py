@@ -23,6 +23,7 @@ from .plans import PlanTensors, geometry, plans_for
 
 __all__ = [
     "conv",
+    "conv_direct",
     "conv_impl",
     "conv_grad_input",
     "conv_grad_weight",
@@ -178,6 +179,35 @@ def conv_impl(
 # The operator, and its Python body kept callable: eager inference calls the body directly,
 # skipping the dispatcher (a few microseconds a layer, which count at batch 1).
 conv = torch.library.custom_op("psconv::conv", conv_impl, mutates_args=())
+
+
+def conv_direct(
+    x: torch.Tensor,
+    values: torch.Tensor,
+    bias: torch.Tensor | None,
+    pattern: str,
+    seed: int,
+    out_channels: int,
+    stride: list[int],
+    padding: list[int],
+    relu: bool,
+    cache_packed: bool,
+    residual: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """:func:`conv` for a loaded program (:func:`psconv.load_program`): inference calls run the
+    kernels without PyTorch's operator dispatch, which costs 50-90 us a call (two crossings into
+    Python kernels, autograd's and ours, with eleven arguments boxed each time). Calls that need
+    gradients, and traced calls, take the operator."""
+    needs_grad = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (x, values, bias, residual)
+    )
+    if needs_grad or torch.compiler.is_compiling() or torch.jit.is_tracing():
+        return conv(
+            x, values, bias, pattern, seed, out_channels, stride, padding, relu, cache_packed, residual
+        )
+    return conv_impl(
+        x, values, bias, pattern, seed, out_channels, stride, padding, relu, cache_packed, residual
+    )
 
 
 @conv.register_fake
