@@ -181,33 +181,16 @@ def conv_impl(
 conv = torch.library.custom_op("psconv::conv", conv_impl, mutates_args=())
 
 
-def conv_direct(
-    x: torch.Tensor,
-    values: torch.Tensor,
-    bias: torch.Tensor | None,
-    pattern: str,
-    seed: int,
-    out_channels: int,
-    stride: list[int],
-    padding: list[int],
-    relu: bool,
-    cache_packed: bool,
-    residual: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """:func:`conv` for a loaded program (:func:`psconv.load_program`): inference calls run the
-    kernels without PyTorch's operator dispatch, which costs 50-90 us a call (two crossings into
-    Python kernels, autograd's and ours, with eleven arguments boxed each time). Calls that need
-    gradients, and traced calls, take the operator."""
-    needs_grad = torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (x, values, bias, residual)
-    )
+def conv_direct(*args: Any, **kwargs: Any) -> torch.Tensor:
+    """:func:`conv`'s call, for a loaded program (:func:`psconv.load_program`): inference calls
+    run the kernels without PyTorch's operator dispatch, which costs 50-90 us a call (two
+    crossings into Python kernels, autograd's and ours, with eleven arguments boxed each time).
+    Calls that need gradients, and traced calls, take the operator."""
+    tensors = [a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)]
+    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
     if needs_grad or torch.compiler.is_compiling() or torch.jit.is_tracing():
-        return conv(
-            x, values, bias, pattern, seed, out_channels, stride, padding, relu, cache_packed, residual
-        )
-    return conv_impl(
-        x, values, bias, pattern, seed, out_channels, stride, padding, relu, cache_packed, residual
-    )
+        return conv(*args, **kwargs)
+    return conv_impl(*args, **kwargs)
 
 
 @conv.register_fake
