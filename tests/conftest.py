@@ -11,7 +11,9 @@ import sys
 import tempfile
 
 # Tests choose their backend; 'auto' must not time layers (slow, and it depends on the load of
-# the machine), nor write to the user's cache.
+# the machine), nor write to the user's cache. What users get instead on every CPU but AVX-512,
+# measured decisions, is tested in test_autotune.py with stand-in measurements, export and
+# compile included: with autotuning off here, nothing else sees that path.
 os.environ.setdefault("PSCONV_AUTOTUNE", "off")
 os.environ.setdefault("PSCONV_CACHE_DIR", tempfile.mkdtemp(prefix="psconv-test-cache-"))
 from collections.abc import Callable
