@@ -212,3 +212,17 @@ def test_a_dynamic_batch_compiles_whole(monkeypatch):
         for b in (3, 20, 7):
             x = torch.randn(b, 16, 8, 8)
             torch.testing.assert_close(compiled(x), model(x), rtol=1e-4, atol=1e-4)
+
+
+@needs_kernels
+@pytest.mark.parametrize("grad", [False, True], ids=["inference", "training"])
+def test_a_measured_decision_is_a_constant_under_torch_compile(monkeypatch, grad):
+    """A fixed batch: the decision is the one for that batch (training calls are their own),
+    taken as a constant, with no graph break."""
+    monkeypatch.setattr(autotune, "_measure", _decide_by(lambda cout, batch: batch == 4))
+    model = _sparse_stack()
+    with torch.set_grad_enabled(grad):
+        explained = torch._dynamo.explain(model)(torch.randn(4, 16, 8, 8))
+    assert explained.graph_break_count == 0
+    nodes = [node for graph in explained.graphs for node in graph.graph.nodes]
+    assert sum(node.target is torch.ops.psconv.conv.default for node in nodes) == 2
