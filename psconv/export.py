@@ -1,9 +1,9 @@
 """Export a checkpoint's model: ``pt2`` keeps the sparse speed; ONNX and TorchScript are dense.
 
 ``pt2`` is the ``torch.export`` program of :func:`psconv.optimize_for_inference` (folded
-BatchNorm, fused epilogues) with psconv's operators (``torch.ops.psconv.conv``) in it: it runs at
-psconv's speed wherever psconv is installed (``import psconv`` registers the operators), batch
-size free. For runtimes without psconv, the ONNX and TorchScript graphs are the *dense
+BatchNorm, fused epilogues) with psconv's operators (``torch.ops.psconv.conv``) in it: it runs the
+sparse kernels wherever psconv is installed (``import psconv`` registers the operators;
+:func:`psconv.load_program` calls them without the operator dispatch), batch size free. For runtimes without psconv, the ONNX and TorchScript graphs are the *dense
 equivalent* (:func:`psconv.densify`, the fixed zeros written
 into ordinary ``Conv`` weights). Inside an ONNX or TorchScript file the mask cannot be
 recomputed from the pattern spec, so a compact graph (free weights plus a scatter) would have to

@@ -15,7 +15,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description=(
             "pt2: the torch.export program of the inference form (folded BatchNorm, fused epilogues, "
             "psconv's sparse operators: keeps the sparse speed, runs wherever psconv is installed; "
-            "torch.export.load(PATH).module()). onnx / torchscript: "
+            "psconv.load_program(PATH), or torch.export.load(PATH).module()). onnx / torchscript: "
             "a dense-equivalent graph (the pattern's zeros written into "
             "ordinary convolutions: runs on every runtime; pattern, params and MACs are in the "
             "file's metadata). Input: float32 [N, 3, S, S] normalised RGB; output: logits. The "
