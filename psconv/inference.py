@@ -25,6 +25,7 @@ from __future__ import annotations
 import copy
 import operator
 import os
+import zipfile
 from typing import Any
 
 import torch
@@ -297,7 +298,16 @@ def load_program(path: str | os.PathLike[str]) -> nn.Module:
     dispatch of every sparse layer (see ``benchmarks/bench_pt2.py``)."""
     from .kernels.ops import conv_direct
 
-    module = torch.export.load(str(path)).module()
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"load_program: no file {path!r}")
+    names: list[str] = []
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    if not any(name.endswith("/extra/psconv.json") for name in names):
+        raise ValueError(f"load_program: {path!r} is not a program written by `psconv export --format pt2`")
+    module = torch.export.load(path).module()
     for node in module.graph.nodes:
         if node.op == "call_function" and node.target is torch.ops.psconv.conv.default:
             node.target = conv_direct

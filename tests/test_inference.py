@@ -177,3 +177,11 @@ def test_load_program_calls_the_kernels_directly_with_equal_outputs(tmp_path: Pa
     (g_direct,) = torch.autograd.grad(direct(x).sum(), x)
     (g_standard,) = torch.autograd.grad(standard(x).sum(), x)
     torch.testing.assert_close(g_direct, g_standard)
+
+
+def test_load_program_refuses_what_export_did_not_write(tmp_path: Path) -> None:
+    ckpt = psconv.save(psconv.create_model("vgg16", "PSD1_P16"), tmp_path / "m.safetensors")
+    with pytest.raises(ValueError, match=r"is not a program written by `psconv export --format pt2`"):
+        psconv.load_program(ckpt)
+    with pytest.raises(FileNotFoundError, match="load_program: no file"):
+        psconv.load_program(tmp_path / "missing.pt2")
