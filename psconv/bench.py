@@ -33,7 +33,7 @@ from torch import nn
 
 from . import kernels, progress, timing
 from .allocator import tune_allocator
-from .layers import PSConv2d
+from .layers import PSConv2d, sparse_layer_inputs
 from .runtime import cpu_id, cpu_name
 
 __all__ = ["run_bench", "bench_model", "format_report", "DEFAULT_PATTERNS", "DEFAULT_MODELS", "CASES"]
@@ -146,27 +146,6 @@ def _time_case(
 
 
 # ----------------------------------------------------------------------------- per layer
-def _layer_inputs(
-    model: nn.Module, batch: int, image_size: int
-) -> list[tuple[str, PSConv2d, tuple[int, ...]]]:
-    found: list[tuple[str, PSConv2d, tuple[int, ...]]] = []
-    hooks = []
-    for name, mod in model.named_modules():
-        if isinstance(mod, PSConv2d):
-
-            def hook(m: nn.Module, inp: tuple[torch.Tensor, ...], name: str = name) -> None:
-                found.append((name, m, tuple(inp[0].shape)))  # type: ignore[arg-type]
-
-            hooks.append(mod.register_forward_pre_hook(hook))
-    try:
-        with torch.no_grad(), kernels.using_backend("reference"):
-            model.eval()(torch.zeros(batch, 3, image_size, image_size))
-    finally:
-        for h in hooks:
-            h.remove()
-    return found
-
-
 def _bench_layer(layer: PSConv2d, shape: tuple[int, ...], repeats: int, train: bool) -> dict[str, float]:
     conv = layer.to_conv()
     conv_cl = copy.deepcopy(conv).to(memory_format=_CL)
@@ -215,7 +194,9 @@ def _layer_table(
     cache: dict[tuple[Any, ...], dict[str, Any]] = {}
     for case in cases:
         b = 1 if case == "fwd1" else batch
-        for name, layer, shape in _layer_inputs(sparse, b, image_size):
+        for name, layer, shape in sparse_layer_inputs(
+            sparse.eval(), torch.zeros(b, 3, image_size, image_size)
+        ):
             key = (case, shape, layer.out_channels, layer.stride, layer.padding)
             if key not in cache:
                 t = _bench_layer(layer, shape, repeats, train=case == "train")

@@ -134,24 +134,14 @@ def _export_form(model: nn.Module, example: torch.Tensor) -> None:
     is the traced program's (free batch: the kernel where it wins at batch 1 and 16)."""
     from .inference import FusedConv2d
     from .kernels import uses_fast
-    from .layers import PSConv2d
+    from .layers import sparse_layer_inputs
 
-    inputs: dict[str, torch.Size] = {}
-    names = {module: name for name, module in model.named_modules()}
-
-    def record(layer: nn.Module, args: tuple[Any, ...]) -> None:
-        inputs.setdefault(names[layer], args[0].shape)  # type: ignore[index]
-
-    hooks = [m.register_forward_pre_hook(record) for m in model.modules() if isinstance(m, PSConv2d)]
-    try:
-        with torch.no_grad():
-            model(example)
-    finally:
-        for hook in hooks:
-            hook.remove()
+    done: set[str] = set()
     with torch.no_grad():
-        for name, shape in inputs.items():
-            layer = model.get_submodule(name)
+        for name, layer, shape in sparse_layer_inputs(model, example):
+            if name in done:  # a layer called twice is decided once
+                continue
+            done.add(name)
             if all(uses_fast(layer, torch.zeros(b, *shape[1:])) for b in (1, 16)):
                 del layer.mask, layer.flat_index
             else:

@@ -18,7 +18,7 @@ from torch import nn
 from . import kernels
 from .patterns import Pattern, parse_pattern, pattern_mask
 
-__all__ = ["PSConv2d"]
+__all__ = ["PSConv2d", "sparse_layer_inputs"]
 
 
 def _pair(value: int | tuple[int, int], name: str) -> tuple[int, int]:
@@ -207,3 +207,23 @@ class PSConv2d(nn.Module):
             f"stride={self.stride}, padding={self.padding}, bias={self.bias is not None}, "
             f"pattern={self.pattern.name!r}, nnz={self.nnz}"
         )
+
+
+def sparse_layer_inputs(model: nn.Module, x: torch.Tensor) -> list[tuple[str, PSConv2d, tuple[int, ...]]]:
+    """Every sparse layer of ``model`` (its name, itself, its input's shape), in the order a
+    forward pass on ``x`` calls them. The pass runs without gradients on the reference path, so
+    the probe makes no kernel decision (which, where 'auto' measures, would time layers)."""
+    names = {module: name for name, module in model.named_modules()}
+    found: list[tuple[str, PSConv2d, tuple[int, ...]]] = []
+
+    def record(layer: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+        found.append((names[layer], layer, tuple(args[0].shape)))  # type: ignore[arg-type]
+
+    hooks = [m.register_forward_pre_hook(record) for m in model.modules() if isinstance(m, PSConv2d)]
+    try:
+        with torch.no_grad(), kernels.using_backend("reference"):
+            model(x)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return found

@@ -128,3 +128,15 @@ def test_layer_made_under_inference_mode_runs_and_sees_in_place_updates(backend:
         expected = F.conv2d(x, layer.dense_weight(), layer.bias, 1, 1)
     torch.testing.assert_close(second, expected, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(first * 2, second, rtol=1e-4, atol=1e-4)
+
+
+def test_sparse_layer_inputs_lists_each_call_with_its_input_shape(keep_backend):
+    from psconv.layers import sparse_layer_inputs
+
+    model = psconv.create_model("resnet18", "PSD2_P8").eval()
+    psconv.set_backend("fast")
+    found = sparse_layer_inputs(model, torch.zeros(2, 3, 32, 32))
+    assert psconv.get_backend() == "fast"  # the probe's reference backend is not left behind
+    assert [name for name, _, _ in found][:2] == ["layers.0.conv1", "layers.0.conv2"] and len(found) == 16
+    assert all(model.get_submodule(name) is layer for name, layer, _ in found)
+    assert found[0][2] == (2, 64, 32, 32) and found[-1][2] == (2, 512, 4, 4)
