@@ -2,7 +2,7 @@
 
 from .allocator import tune_allocator
 from .checkpoint import Checkpoint, CheckpointError, load, load_checkpoint, read_header, save
-from .convert import densify, eligible_convs, sparsify
+from .convert import densify, eligible_convs, skipped_convs, sparsify
 from .inference import load_program, optimize_for_inference
 from .kernels import get_backend, set_backend
 from .layers import PSConv2d
@@ -35,6 +35,7 @@ __all__ = [
     "register_model",
     "save",
     "set_backend",
+    "skipped_convs",
     "sparsify",
     "tune_allocator",
 ]

@@ -135,14 +135,53 @@ class PointwiseMatmul(nn.Module):
 
 
 class _Tracer(fx.Tracer):
+    """Keeps sparse convs whole, and the submodules in ``leaves`` (ids): those torch.fx cannot
+    trace into."""
+
+    def __init__(self, leaves: frozenset[int] = frozenset()) -> None:
+        super().__init__()
+        self.leaves = leaves
+
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return isinstance(m, PSConv2d) or super().is_leaf_module(m, qualname)
+        return isinstance(m, PSConv2d) or id(m) in self.leaves or super().is_leaf_module(m, qualname)
+
+
+def _trace(model: nn.Module) -> fx.GraphModule:
+    """The model's graph. Where Python control flow on tensors stops torch.fx inside some
+    submodules (timm's ``Conv2dSame`` pads by the input's size), those are kept whole, innermost
+    first, and the rest of the model is still optimised."""
+    try:
+        return fx.GraphModule(model, _Tracer().trace(model))
+    except Exception:  # fx raises many types for untraceable Python
+        leaves: set[int] = set()
+        # Reversed pre-order: every module after all of its submodules.
+        for module in reversed(list(model.modules())[1:]):
+            tracer = _Tracer(frozenset(leaves))
+            if tracer.is_leaf_module(module, ""):
+                continue
+            try:
+                tracer.trace(module)
+            except Exception:
+                leaves.add(id(module))
+        if not leaves:
+            raise
+        return fx.GraphModule(model, _Tracer(frozenset(leaves)).trace(model))
 
 
 def _fold_scale(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
     """(scale, shift) with bn(y) == y * scale + shift per channel, in eval mode."""
-    scale = bn.weight.detach() / torch.sqrt(bn.running_var + bn.eps)
-    return scale, bn.bias.detach() - bn.running_mean * scale
+    assert bn.running_var is not None and bn.running_mean is not None
+    scale = torch.rsqrt(bn.running_var + bn.eps)
+    if bn.weight is not None:
+        scale = bn.weight.detach() * scale
+    shift = -bn.running_mean * scale
+    return scale, shift + bn.bias.detach() if bn.bias is not None else shift
+
+
+def _foldable(bn: nn.Module) -> bool:
+    """A plain BatchNorm2d that uses its running statistics in eval mode (subclasses may do
+    more, such as timm's BatchNormAct2d; without running statistics it normalises by the batch)."""
+    return type(bn) is nn.BatchNorm2d and bn.running_mean is not None and bn.running_var is not None
 
 
 @torch.no_grad()
@@ -194,16 +233,16 @@ def _set_module(gm: fx.GraphModule, name: str, module: nn.Module) -> None:
 def _fold_batchnorms(gm: fx.GraphModule) -> None:
     modules = dict(gm.named_modules())
     for node in list(gm.graph.nodes):
-        if not _is_module(node, modules, nn.BatchNorm2d) or len(node.args) != 1:
+        if node.op != "call_module" or not _foldable(modules[str(node.target)]) or len(node.args) != 1:
             continue
         conv = node.args[0]
-        if not isinstance(conv, fx.Node) or len(conv.users) != 1:
+        if not isinstance(conv, fx.Node) or len(conv.users) != 1 or conv.op != "call_module":
             continue
         if _is_module(conv, modules, PSConv2d):
             _set_module(
                 gm, str(conv.target), _fold_into_sparse(modules[str(conv.target)], modules[str(node.target)])
             )
-        elif _is_module(conv, modules, nn.Conv2d):
+        elif type(modules[str(conv.target)]) is nn.Conv2d:
             _set_module(
                 gm, str(conv.target), _fold_into_dense(modules[str(conv.target)], modules[str(node.target)])
             )
@@ -266,7 +305,7 @@ def optimize_for_inference(model: nn.Module) -> nn.Module:
     channels-last (see the module doc)."""
     model = copy.deepcopy(model).eval()
     try:
-        gm = fx.GraphModule(model, _Tracer().trace(model))
+        gm = _trace(model)
     except Exception as exc:  # fx raises many types for untraceable Python
         raise ValueError(
             f"optimize_for_inference: torch.fx cannot trace this model ({type(exc).__name__}: {exc})"

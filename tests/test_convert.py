@@ -1,3 +1,5 @@
+import warnings
+
 import pytest
 import torch
 from torch import nn
@@ -65,3 +67,91 @@ def test_bad_pattern_is_refused():
 def test_a_model_that_is_not_a_module_is_refused():
     with pytest.raises(TypeError, match="model must be a torch.nn.Module, got str"):
         psconv.sparsify("resnet18", "PSD1_P16")
+
+
+class PaddedSame(nn.Conv2d):
+    """Like timm's Conv2dSame: pads by the input size in its own forward (padding=0 here)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(torch.nn.functional.pad(x, (0, 2, 0, 2)))
+
+
+class Tagged(nn.Conv2d):
+    """A subclass that only marks the layer: it computes what nn.Conv2d does."""
+
+
+def odd_convs_net() -> nn.Sequential:
+    hooked = nn.Conv2d(8, 8, 3, padding=1)
+    hooked.register_forward_hook(lambda module, inputs, out: out * 2)
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        PaddedSame(8, 8, 3, padding=0),
+        torch.nn.utils.parametrizations.weight_norm(nn.Conv2d(8, 8, 3, padding=1)),
+        hooked,
+        Tagged(8, 8, 3, padding=1),
+        nn.Conv2d(8, 8, 3, padding=2, dilation=2),
+        nn.Conv2d(8, 8, 1),
+    )
+
+
+def test_convs_that_compute_more_than_a_conv_stay_dense_and_the_model_is_unchanged():
+    torch.manual_seed(0)
+    net = odd_convs_net()
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        want = net(x)
+    with pytest.warns(UserWarning) as caught:
+        sparsify(net, "PSD2_P8")
+    assert [type(m).__name__ for m in net] == [
+        "Conv2d", "PaddedSame", "ParametrizedConv2d", "Conv2d", "PSConv2d", "Conv2d", "Conv2d"
+    ]  # fmt: skip
+    # One warning per reason, naming the layers.
+    messages = sorted(str(w.message) for w in caught)
+    assert len(messages) == 3
+    assert (
+        "1 3x3 conv(s) left dense" in messages[0]
+        and "(PaddedSame computes its own forward): '1'" in messages[0]
+    )
+    assert "(it has forward hooks): '3'" in messages[1]
+    assert "(its weight is parametrized" in messages[2] and "'2'" in messages[2]
+    # The converted layer's masked weight is the only change: the others compute as before.
+    torch.manual_seed(0)
+    ref = odd_convs_net()
+    with torch.no_grad():
+        ref[4].weight.mul_(net[4].mask)
+        torch.testing.assert_close(net(x), ref(x))
+        assert not torch.allclose(net(x), want), "the Tagged conv was made sparse"
+
+
+def test_skipped_convs_says_why_each_conv_stays_dense():
+    assert psconv.skipped_convs(odd_convs_net()) == {
+        "0": "the model's first conv (the paper's rule; skip_first=False converts it)",
+        "1": "PaddedSame computes its own forward",
+        "2": "its weight is parametrized (weight_norm, spectral_norm, ...)",
+        "3": "it has forward hooks",
+        "5": "dilation (2, 2)",
+        "6": "kernel 1x1",
+    }
+    assert psconv.skipped_convs(small_net(), include=lambda name, conv: name != "2") == {
+        "0": "the model's first conv (the paper's rule; skip_first=False converts it)",
+        "2": "left out by include",
+        "3": "kernel 1x1",
+        "4": "groups=2",
+    }
+
+
+def test_plain_models_and_convs_left_out_by_include_raise_no_warning():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        sparsify(small_net(), "PSD2_P8")
+        sparsify(odd_convs_net(), "PSD2_P8", include=lambda name, conv: name in ("4",))
+
+
+def test_a_checkpoint_layer_on_a_conv_with_its_own_forward_is_refused():
+    from psconv.convert import apply_sparse_layers
+
+    net = odd_convs_net()
+    with pytest.raises(
+        ValueError, match="layer '1' cannot be made sparse: PaddedSame computes its own forward"
+    ):
+        apply_sparse_layers(net, {"1": {"pattern": "PSD2_P8", "seed": 0}})

@@ -24,7 +24,7 @@ def _trained_like(model: nn.Module) -> nn.Module:
         for p in model.parameters():
             p.copy_(torch.randn(p.shape, generator=g) * 0.3)
         for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
+            if isinstance(m, nn.BatchNorm2d) and m.track_running_stats:
                 m.running_var.uniform_(0.5, 2.0, generator=g)
                 m.running_mean.normal_(0.0, 0.2, generator=g)
     return model.eval()
@@ -109,6 +109,50 @@ def test_untraceable_model_is_refused_with_the_reason() -> None:
 
     with pytest.raises(ValueError, match="torch.fx cannot trace this model"):
         optimize_for_inference(Branchy())
+
+
+class PadSame(nn.Conv2d):
+    """Like timm's Conv2dSame: pads by the input's size, Python control flow that torch.fx
+    cannot trace."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] % 2:
+            x = nn.functional.pad(x, (1, 1, 1, 1))
+        return super().forward(nn.functional.pad(x, (1, 1, 1, 1)))
+
+
+def test_submodules_fx_cannot_trace_are_kept_whole_and_the_rest_optimised() -> None:
+    model = nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+        PadSame(16, 16, 3), nn.BatchNorm2d(16), nn.ReLU(),
+        psconv.PSConv2d(16, 16, pattern="PSD2_P8", bias=False), nn.BatchNorm2d(16), nn.ReLU(),
+    )  # fmt: skip
+    model = _trained_like(model)
+    fast = optimize_for_inference(model)
+    for size in (8, 9):  # both branches of PadSame's control flow
+        x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(size))
+        with torch.no_grad():
+            expected = model(x)
+            torch.testing.assert_close(fast(x), expected, rtol=1e-4, atol=1e-4 * float(expected.abs().max()))
+    kinds = [type(m).__name__ for m in fast.modules()][1:]
+    # The stem's and the sparse conv's BatchNorms are folded; PadSame's is not (its forward is its own).
+    assert kinds.count("BatchNorm2d") == 1 and "PadSame" in kinds and "FusedPSConv2d" in kinds
+
+
+@pytest.mark.parametrize(
+    "bn",
+    [nn.BatchNorm2d(16, affine=False), nn.BatchNorm2d(16, track_running_stats=False)],
+    ids=["not affine", "batch statistics"],
+)
+def test_batchnorm_without_affine_or_running_statistics(bn: nn.BatchNorm2d) -> None:
+    model = _trained_like(nn.Sequential(nn.Conv2d(3, 16, 3), psconv.PSConv2d(16, 16, pattern="PS1_P9"), bn))
+    fast = optimize_for_inference(model)
+    x = torch.randn(2, 3, 10, 10, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = model(x)
+        torch.testing.assert_close(fast(x), expected, rtol=1e-4, atol=1e-4 * float(expected.abs().max()))
+    # Running statistics fold; a BatchNorm that normalises by the batch stays.
+    assert any(type(m) is nn.BatchNorm2d for m in fast.modules()) == (not bn.track_running_stats)
 
 
 def test_pt2_export_reloads_in_a_fresh_process(tmp_path: Path) -> None:
