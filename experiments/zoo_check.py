@@ -144,7 +144,7 @@ def attempt(fn: Callable[[], Any]) -> tuple[Any, str]:
         return None, f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
 
 
-def check(source: str, name: str, size: int, tol: float, tol_folded: float) -> dict[str, Any]:
+def check(source: str, name: str, size: int, tol: float, tol_folded: float, timed: bool) -> dict[str, Any]:
     torch.manual_seed(0)
     t0 = time.perf_counter()
     original = calibrate(build(source, name), size)
@@ -174,6 +174,9 @@ def check(source: str, name: str, size: int, tol: float, tol_folded: float) -> d
         row["err_densify"] = rel_err(psconv.densify(sparse)(x), want)
         row["err_checkpoint"] = rel_err(round_trip(sparse, build(source, name))(x), want)
     errs = [row[k] for k in ("err_fast", "err_reference", "err_densify", "err_checkpoint")]
+    if timed and row["converted"]:
+        with torch.no_grad():
+            row["speed"] = speed(original, sparse, size, (1, 16))
     folded = row["err_inference_form"]
     row["ok"] = (
         all(isinstance(e, float) and e <= tol for e in errs)
@@ -182,6 +185,26 @@ def check(source: str, name: str, size: int, tol: float, tol_folded: float) -> d
     )
     row["seconds"] = round(time.perf_counter() - t0, 1)
     return row
+
+
+def speed(original: nn.Module, sparse: nn.Module, size: int, batches: tuple[int, ...]) -> dict[str, Any]:
+    """The inference form of the sparse model against that of the dense original (BatchNorm
+    folded in both), backend ``auto``, interleaved in this process, median of 7 rounds: dense
+    ms over sparse ms per batch size, and how many sparse layers ``auto`` put on the kernels."""
+    from psconv.layers import sparse_layer_inputs  # noqa: PLC0415
+    from psconv.timing import calls_per_sample, interleaved  # noqa: PLC0415
+
+    fast, dense = psconv.optimize_for_inference(sparse), psconv.optimize_for_inference(original)
+    out: dict[str, Any] = {}
+    for b in batches:
+        x = torch.randn(b, 3, size, size).contiguous(memory_format=torch.channels_last)
+        fns = {"sparse": lambda x=x: fast(x), "dense": lambda x=x: dense(x)}
+        with torch.no_grad():
+            t = interleaved(fns, 7, {k: calls_per_sample(f, 0.2) for k, f in fns.items()})
+            layers = sparse_layer_inputs(fast, x)
+            on = sum(psconv.kernels.uses_fast(m, torch.empty(shape)) for _, m, shape in layers)
+        out[f"b{b}"] = {"sparse_ms": t["sparse"] * 1e3, "dense_ms": t["dense"] * 1e3, "kernel_layers": on}
+    return out
 
 
 def write(rows: list[dict[str, Any]], out: Path) -> None:
@@ -199,7 +222,9 @@ def write(rows: list[dict[str, Any]], out: Path) -> None:
         w.writerows(rows)
     passed = sum(r["ok"] for r in rows)
     lines = [f"# sparsify({PATTERN}) on torchvision {env['torchvision']} and timm {env['timm']}", ""]
-    lines += [f"{passed} of {len(rows)} models pass. Command: `PYTHONPATH=. python experiments/zoo_check.py`"]
+    lines += [
+        f"{passed} of {len(rows)} models pass. Command: `PYTHONPATH=. python experiments/zoo_check.py --speed`"
+    ]
     lines += [f"(torch {env['torch']}, kernels {env['kernels']}); `zoo.json` holds every figure.", ""]
     lines += ["| model | convs made sparse | MACs (G) sparse / dense | max rel. error: kernels, reference path, checkpoint, inference form | 3x3 convs left dense | ok |"]  # fmt: skip
     lines += ["|---|---|---|---|---|---|"]
@@ -212,6 +237,30 @@ def write(rows: list[dict[str, Any]], out: Path) -> None:
             f"| {r['source']} `{r['model']}` ({r['input']}px) | {r['converted']} | "
             f"{r['macs_g']:.3f} / {r['dense_macs_g']:.3f} | {errs} | {left} | {'yes' if r['ok'] else 'NO'} |"
         )
+    timed = [r for r in rows if "speed" in r]
+    if timed:
+        lines += [
+            "",
+            "Inference form, sparse against dense (BatchNorm folded in both), backend `auto`, 2 threads,",
+        ]
+        lines += [
+            "interleaved, median of 7 rounds (`--speed`); a shared machine's timings carry about 10% noise.",
+            "",
+        ]
+        lines += ["| model | ideal (MAC ratio) | batch 1: dense / sparse ms | speedup | batch 16: dense / sparse ms | speedup | layers on the kernels (b1, b16) |"]  # fmt: skip
+        lines += ["|---|---|---|---|---|---|---|"]
+        for r in timed:
+            cells = [f"{r['dense_macs_g'] / r['macs_g']:.2f}x"]
+            for b in ("b1", "b16"):
+                t = r["speed"][b]
+                cells += [
+                    f"{t['dense_ms']:.2f} / {t['sparse_ms']:.2f}",
+                    f"{t['dense_ms'] / t['sparse_ms']:.2f}x",
+                ]
+            on = ", ".join(str(r["speed"][b]["kernel_layers"]) for b in ("b1", "b16"))
+            lines.append(
+                f"| {r['source']} `{r['model']}` | " + " | ".join(cells) + f" | {on} of {r['converted']} |"
+            )
     (out / "zoo.md").write_text("\n".join(lines) + "\n")
 
 
@@ -224,13 +273,18 @@ def main() -> int:
     ap.add_argument("--only", default="", help="models whose name contains this")
     ap.add_argument("--out", default=str(ROOT / "results" / "zoo"))
     ap.add_argument("--tol", type=float, default=1e-5, help="largest relative output error accepted")
+    ap.add_argument(
+        "--speed",
+        action="store_true",
+        help="also time sparse against dense inference (noisy on a shared machine)",
+    )
     ap.add_argument("--tol-folded", type=float, default=1e-3, help="the same for the inference form")
     a = ap.parse_args()
     torch.set_num_threads(2)
     rows = []
     for source, name, size in MODELS:
         if a.only in name:
-            row = check(source, name, size, a.tol, a.tol_folded)
+            row = check(source, name, size, a.tol, a.tol_folded, a.speed)
             print(json.dumps(row), flush=True)
             rows.append(row)
     if not a.only:

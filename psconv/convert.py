@@ -90,10 +90,14 @@ def skipped_convs(
     return {name: reason for name, _, reason in _conv_reasons(model, skip_first, include) if reason}
 
 
-def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, child, module)
+def _replace(model: nn.Module, old: nn.Module, new: nn.Module) -> None:
+    """Put ``new`` wherever ``old`` is registered: a module shared under several names (tied
+    weights) stays one module, and so stays tied."""
+    names = [name for name, m in model.named_modules(remove_duplicate=False) if m is old]
+    for name in names:
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, child, new)
 
 
 def sparsify(
@@ -123,7 +127,7 @@ def sparsify(
     for index, name in enumerate(names):
         conv = model.get_submodule(name)
         assert isinstance(conv, nn.Conv2d)
-        _set_submodule(model, name, PSConv2d.from_conv(conv, spec, seed=layer_seed(seed, index)))
+        _replace(model, conv, PSConv2d.from_conv(conv, spec, seed=layer_seed(seed, index)))
     _warn_left_dense(reasons)
     return model
 
@@ -168,14 +172,14 @@ def apply_sparse_layers(model: nn.Module, layers: dict[str, dict[str, object]]) 
         if reason is not None:
             raise ValueError(f"layer {name!r} cannot be made sparse: {reason}")
         layer = PSConv2d.from_conv(conv, str(spec["pattern"]), seed=int(spec["seed"]))  # type: ignore[call-overload]
-        _set_submodule(model, name, layer)
+        _replace(model, conv, layer)
     return model
 
 
 def densify(model: nn.Module) -> nn.Module:
     """A deep copy of ``model`` with every PSConv2d replaced by an equivalent ``nn.Conv2d``."""
     dense = copy.deepcopy(model)
-    for name, module in list(dense.named_modules()):
+    for module in list(dense.modules()):
         if isinstance(module, PSConv2d):
-            _set_submodule(dense, name, module.to_conv())
+            _replace(dense, module, module.to_conv())
     return dense

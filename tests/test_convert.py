@@ -155,3 +155,30 @@ def test_a_checkpoint_layer_on_a_conv_with_its_own_forward_is_refused():
         ValueError, match="layer '1' cannot be made sparse: PaddedSame computes its own forward"
     ):
         apply_sparse_layers(net, {"1": {"pattern": "PSD2_P8", "seed": 0}})
+
+
+class TiedConvs(nn.Module):
+    """One 3x3 conv registered under two names and applied twice (tied weights)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.a = nn.Conv2d(8, 8, 3, padding=1)
+        self.b = self.a
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.b(torch.relu(self.a(self.stem(x))))
+
+
+def test_a_conv_shared_under_two_names_stays_one_module(tmp_path):
+    net = sparsify(TiedConvs(), "PSD2_P8")
+    assert isinstance(net.a, PSConv2d) and net.b is net.a
+    plain = densify(net)
+    assert plain.a is plain.b and not isinstance(plain.a, PSConv2d)
+    path = psconv.save(net, tmp_path / "tied.safetensors")
+    back = psconv.load(path, model=TiedConvs())
+    assert back.b is back.a and isinstance(back.a, PSConv2d)
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(back(x), net(x))
+        torch.testing.assert_close(plain(x), net(x))
