@@ -152,3 +152,55 @@ def test_a_bound_layer_copies_and_pickles_without_its_binding() -> None:
         for other in (copy.deepcopy(layer), pickle.loads(pickle.dumps(layer))):
             assert torch.equal(other(x), want)
     assert ops.PreparedConv.__name__ not in pickle.dumps(layer).decode("latin-1")
+
+
+@pytest.fixture
+def on_onednn(monkeypatch) -> list[psconv.PSConv2d]:
+    """The backend keeps every layer on oneDNN (as 'auto' does where the kernels lose); the list
+    records each layer that took the ordinary path's decision."""
+    decided: list[psconv.PSConv2d] = []
+
+    def stays(layer: psconv.PSConv2d, x: torch.Tensor) -> bool:
+        decided.append(layer)
+        return False
+
+    monkeypatch.setattr(kernels.dispatch, "uses_fast", stays)
+    return decided
+
+
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_a_layer_on_onednn_binds_its_dense_call_bit_equal_to_the_reference(layout: str, on_onednn) -> None:
+    layer = psconv.inference.FusedPSConv2d.from_layer(_layer(cin=32, cout=32, stride=1))
+    layer.relu = True
+    fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    x = torch.randn(2, 32, 7, 7).contiguous(memory_format=fmt)
+    residual = torch.randn(2, 32, 7, 7)
+    with torch.no_grad():
+        outs = [layer(x, residual) for _ in range(3)] + [layer(x)]
+        decisions = len(on_onednn)
+        with kernels.using_backend("reference"):
+            want = [layer(x, residual), layer(x)]
+    assert decisions == 2  # once per call kind, then bound
+    assert all(torch.equal(o, want[0]) for o in outs[:3]) and torch.equal(outs[3], want[1])
+    assert bound._bindings[layer].dense is not None
+
+
+def test_a_layer_on_onednn_is_never_served_stale_weights(on_onednn) -> None:
+    layer = _layer()
+    x = torch.randn(1, 32, 7, 7)
+    outs = []
+    with torch.no_grad():
+        for change in (lambda: None, lambda: layer.weight_values.mul_(-2.0), lambda: layer.bias.add_(1.0)):
+            change()
+            outs.append((layer(x), _expected(layer, x)))
+    assert all(torch.equal(got, want) for got, want in outs)
+    assert not torch.equal(outs[0][0], outs[1][0]) and not torch.equal(outs[1][0], outs[2][0])
+
+
+def test_the_reference_backend_and_gradients_bind_nothing(on_onednn) -> None:
+    layer = _layer()
+    x = torch.randn(1, 32, 6, 6)
+    with torch.no_grad(), kernels.using_backend("reference"):
+        layer(x)
+    layer(x).sum().backward()
+    assert layer not in bound._bindings and layer.weight_values.grad is not None

@@ -164,12 +164,19 @@ def fast_forward(
         out = bound.call(layer, x, relu, residual)  # a repeated eager inference call
         if out is not None:
             return out
-    if not uses_fast(layer, x):
-        return None
     values, bias = layer.weight_values, layer.bias
     needs_grad = torch.is_grad_enabled() and (
         x.requires_grad or values.requires_grad or (bias is not None and bias.requires_grad)
     )
+    if not uses_fast(layer, x):
+        if (
+            torch.is_grad_enabled()
+            or type(x) is not torch.Tensor
+            or tracing
+            or switches.get_backend() == "reference"
+        ):
+            return None
+        return bound.bind_dense(layer, x, relu, residual)  # oneDNN, kept for the next call
     args = (x, values, bias, layer.pattern.name, layer.seed, layer.out_channels, list(layer.stride),
             list(layer.padding), relu, not needs_grad, residual)  # fmt: skip
     if not needs_grad and type(x) is torch.Tensor and not tracing:
