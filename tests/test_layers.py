@@ -112,6 +112,29 @@ def test_reference_path_follows_weight_updates_without_gradients(channels_last: 
     torch.testing.assert_close(after_update * 3, after_load)
 
 
+@pytest.mark.parametrize(
+    ("make", "kernel_channels_last"),
+    [
+        (lambda x: x[:, :8].contiguous(), False),
+        (lambda x: x[:, :8].contiguous(memory_format=torch.channels_last), True),
+        (lambda x: x.contiguous(memory_format=torch.channels_last)[:, 8:16], True),  # a channel slice
+        (lambda x: x[:, 8:16], False),
+    ],
+    ids=["nchw", "channels_last", "channels_last slice", "nchw slice"],
+)
+def test_the_kept_dense_kernel_takes_the_input_layout(make, kernel_channels_last: bool) -> None:
+    """oneDNN and the fallback conv reorder a kernel whose layout differs from the input's on
+    every call: the kernel kept for no-grad calls follows the input, slices of it included."""
+    layer = PSConv2d(8, 8, pattern="PSD2_P8")
+    x = make(torch.randn(2, 24, 5, 5))
+    with torch.no_grad(), psconv.kernels.using_backend("reference"):
+        got = layer(x)
+    kept = layer.__dict__["_dense_cache"][1]
+    assert kept.is_contiguous(memory_format=torch.channels_last) == kernel_channels_last
+    assert kept.is_contiguous() != kernel_channels_last
+    torch.testing.assert_close(got, F.conv2d(x.contiguous(), layer.dense_weight(), layer.bias, 1, 1))
+
+
 @pytest.mark.parametrize("backend", ["reference", "fast"])
 def test_layer_made_under_inference_mode_runs_and_sees_in_place_updates(backend: str) -> None:
     """Inference tensors carry no version counter: the caches keyed on it must step aside."""
