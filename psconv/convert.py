@@ -78,7 +78,7 @@ def eligible_convs(model: nn.Module, skip_first: bool = True, include: ConvFilte
     """Names of the convs :func:`sparsify` converts: 3x3, groups 1, not the first conv (the
     paper's rule), and computing no more than ``nn.Conv2d`` does (:func:`skipped_convs`).
 
-    ``include(name, conv)`` overrides the rule when given (``skip_first`` still applies).
+    ``include(name, conv) -> bool``, when given, narrows the choice.
     """
     return [name for name, _, reason in _conv_reasons(model, skip_first, include) if reason is None]
 
