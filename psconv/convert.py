@@ -123,10 +123,8 @@ def sparsify(
     if spec.is_dense:
         return model
     reasons = _conv_reasons(model, skip_first, include)
-    names = [name for name, _, reason in reasons if reason is None]
-    for index, name in enumerate(names):
-        conv = model.get_submodule(name)
-        assert isinstance(conv, nn.Conv2d)
+    chosen = [conv for _, conv, reason in reasons if reason is None]
+    for index, conv in enumerate(chosen):
         _replace(model, conv, PSConv2d.from_conv(conv, spec, seed=layer_seed(seed, index)))
     _warn_left_dense(reasons)
     return model

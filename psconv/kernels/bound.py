@@ -141,13 +141,8 @@ def bind_dense(
     kept for the next ones; None where the layer keeps no dense kernel (the caller then runs the
     reference path as before)."""
     values, bias = _params(layer)
-    weight = layer._inference_weight(x)
-    if (
-        weight is None
-        or values is None
-        or values.is_inference()
-        or (bias is not None and bias.is_inference())
-    ):
+    weight = layer._inference_weight(x)  # None for inference-mode values, among others
+    if weight is None or values is None or (bias is not None and bias.is_inference()):
         return None
     geometry = (tuple(layer.stride), tuple(layer.padding))
     bound = _bindings[layer] = _Binding(_key(x, relu, residual), values, bias, None, weight, geometry)
