@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 from psconv.data import CIFAR10_CLASSES, DeviceData, load_dataset, resolve_data_dir
+from psconv.data.sources import _read_source
 
 
 def test_exact_npz(cifar_npz: Path) -> None:
@@ -180,3 +181,38 @@ def test_download_verifies_checksum(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     with pytest.raises(ValueError, match="md5"):
         load_dataset("cifar10", tmp_path / "dl2", download_missing=True, use_cache=False)
     assert not any((tmp_path / "dl2").iterdir())  # nothing half-written is left behind
+
+
+def _tiny_layout(root: Path, val_names: list[str]) -> None:
+    """A two-class Tiny ImageNet tree: two train images a class (one greyscale), ``val_names``
+    listed in val_annotations.txt, of which only the first is written."""
+    base = root / "tiny-imagenet-200"
+    wnids = ["n01", "n02"]
+    (base / "val" / "images").mkdir(parents=True)
+    (base / "wnids.txt").write_text("\n".join(wnids) + "\n")
+    (base / "words.txt").write_text("n01\tgoldfish, Carassius auratus\nn02\tkoala\n")
+    for w in wnids:
+        (base / "train" / w / "images").mkdir(parents=True)
+        Image.new("RGB", (64, 64), (200, 10, 10)).save(base / "train" / w / "images" / f"{w}_0.png")
+        Image.new("L", (64, 64), 77).save(base / "train" / w / "images" / f"{w}_1.png")
+    Image.new("RGB", (64, 64), (1, 2, 3)).save(base / "val" / "images" / val_names[0])
+    ann = "".join(f"{n}\t{wnids[i % 2]}\t0\t0\t63\t63\n" for i, n in enumerate(val_names))
+    (base / "val" / "val_annotations.txt").write_text(ann)
+
+
+def test_tiny_imagenet_layout_names_words_and_greyscale(tmp_path: Path) -> None:
+    _tiny_layout(tmp_path, ["val_0.png"])
+    # The reader itself: load_dataset would refuse two classes where Tiny ImageNet has 200.
+    classes, x_train, y_train, x_test, y_test, words = _read_source("tinyimagenet", tmp_path)
+    assert classes == ["n01", "n02"] and words == ["goldfish", "koala"]
+    assert y_train.tolist() == [0, 0, 1, 1] and y_test.tolist() == [0]
+    assert np.array_equal(x_train[1], np.full((64, 64, 3), 77))  # greyscale -> RGB
+    assert x_train[0, 0, 0].tolist() == [200, 10, 10] and x_test[0, 0, 0].tolist() == [1, 2, 3]
+
+
+def test_tiny_imagenet_val_file_listed_but_missing(tmp_path: Path) -> None:
+    _tiny_layout(tmp_path, ["val_0.png", "val_1.png"])
+    with pytest.raises(
+        FileNotFoundError, match=r"val/images/val_1.png' \(listed in val_annotations.txt\) is missing"
+    ):
+        _read_source("tinyimagenet", tmp_path)
