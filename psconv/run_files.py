@@ -1,5 +1,6 @@
 """The files of a training run folder: ``config.json``, ``metrics.csv``, ``summary.json``,
-``environment.json``, and the lock that keeps two processes from writing one run.
+``environment.json``, ``kernel_choices.json``, and the lock that keeps two processes from writing
+one run.
 
 ``last.ckpt``/``best.ckpt`` are :func:`psconv.save` files (see :mod:`psconv.checkpoint`).
 Every file is written atomically (:func:`psconv.fileio.atomic_write`).
@@ -30,9 +31,39 @@ __all__ = [
     "lock_run_dir",
     "environment",
     "write_json",
+    "KERNEL_CHOICES",
+    "write_kernel_choices",
+    "read_kernel_choices",
 ]
 
 METRICS_FIELDS = ("epoch", "lr", "train_loss", "train_top1", "test_loss", "test_top1", "test_top5", "seconds")
+
+
+KERNEL_CHOICES = "kernel_choices.json"
+_CHOICES_FORMAT = "psconv-kernel-choices"
+
+
+def write_kernel_choices(path: Path, layers: dict[str, Any]) -> None:
+    """The path ``auto`` took for each layer shape (measured where the kernels are not
+    calibrated): what a bit-exact repeat of the run needs beside its config."""
+    write_json(path, {"format": _CHOICES_FORMAT, "version": 1, "layers": layers})
+
+
+def read_kernel_choices(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """A ``kernel_choices.json``'s decisions (cache key -> decision); one clear error otherwise."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"kernel choices {str(path)!r} do not exist") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"kernel choices {str(path)!r} cannot be read: {exc}") from None
+    if not (
+        isinstance(data, dict)
+        and data.get("format") == _CHOICES_FORMAT
+        and isinstance(data.get("layers"), dict)
+    ):
+        raise ValueError(f"{str(path)!r} is not a psconv kernel_choices.json (format {_CHOICES_FORMAT!r})")
+    return data["layers"]
 
 
 def write_json(path: Path, value: Any) -> None:

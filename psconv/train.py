@@ -4,14 +4,15 @@ Everything a run depends on is one dataclass, :class:`~psconv.train_config.Train
 defaults are the authors' CIFAR-10 recipe. A run folder holds ``config.json`` (the resolved
 config, accepted back by ``psconv train --config``), ``environment.json``, ``metrics.csv``,
 ``last.safetensors``/``best.safetensors`` (compact :func:`psconv.save` files whose ``extra``
-carries the optimizer state and history, whose ``meta`` describes the data) and, at the end,
-``summary.json``.
+carries the optimizer state and history, whose ``meta`` describes the data),
+``kernel_choices.json`` where ``auto`` measures, and, at the end, ``summary.json``.
 
 Exact resume: each epoch's shuffle, crops and flips are drawn from ``(seed, epoch)`` and the
 learning rate is a pure function of the position in the schedule, so the only state is the
 model and the optimizer, both in ``last.safetensors``. The compiled kernels sum per-thread
 partial gradients in a fixed order, so on one CPU kind with one thread count a run, resumed or
-not, ends with the same bits.
+not, ends with the same bits, provided every layer runs the same code: where ``auto`` decides by
+measuring, a resume (and a repeat given ``--kernel-choices``) takes the recorded paths.
 
 Choices the paper leaves open:
 
@@ -49,9 +50,19 @@ from .checkpoint import load_checkpoint, save
 from .data import DeviceData, ImageDataset, load_dataset
 from .evaluate import evaluate
 from .fileio import atomic_write
+from .kernels import autotune
 from .models import create_model
 from .profile import profile
-from .run_files import check_resumable, environment, lock_run_dir, metrics_text, write_json
+from .run_files import (
+    KERNEL_CHOICES,
+    check_resumable,
+    environment,
+    lock_run_dir,
+    metrics_text,
+    read_kernel_choices,
+    write_json,
+    write_kernel_choices,
+)
 from .runtime import DistContext, amp_dtype, global_batchnorm, resolve_device, setup_distributed
 from .train_config import PAPER_EPOCHS, TrainConfig
 
@@ -119,6 +130,7 @@ class _Run:
     optimizer: torch.optim.Optimizer
     scaler: Any
     counts: dict[str, Any]
+    pinned_choices: dict[str, Any] = field(default_factory=dict)
     history: list[dict[str, Any]] = field(default_factory=list)
     best: float = -1.0
     best_epoch: int = 0
@@ -175,6 +187,7 @@ def _setup(
         )
     run_dir = config.run_dir()
     _check_run_dir(config, run_dir, resume)
+    pinned = _pin_kernel_choices(config, run_dir, resume, log)
     data = _load_data(config, ddp)
     train_data = DeviceData(data.x_train, data.y_train, device, mean=data.mean, std=data.std)
     test_data = DeviceData(data.x_test, data.y_test, device, mean=data.mean, std=data.std, pad=0)
@@ -223,7 +236,7 @@ def _setup(
     if config.compile:
         net = torch.compile(net)
     run = _Run(config, ddp, device, run_dir, train_data, test_data, data_meta(data, config.dataset), model, net,
-               optimizer, scaler, counts)  # fmt: skip
+               optimizer, scaler, counts, pinned)  # fmt: skip
     if extra:
         run.history, run.best, run.best_epoch = extra["history"], extra["best_top1"], extra["best_epoch"]
     if ddp.main:
@@ -245,6 +258,22 @@ def _check_run_dir(config: TrainConfig, run_dir: Path, resume: bool) -> None:
         raise ValueError(
             f"run folder {str(run_dir)!r} already holds a run: pass --resume to continue it, or choose another --out"
         )
+
+
+def _pin_kernel_choices(
+    config: TrainConfig, run_dir: Path, resume: bool, log: Callable[[str], None]
+) -> dict[str, Any]:
+    """Repeat the kernel-or-oneDNN path of each layer that ``--kernel-choices`` and, on resume, the
+    run itself recorded: measuring again could pick the other path and change the last bits."""
+    choices = read_kernel_choices(config.kernel_choices) if config.kernel_choices else {}
+    own = run_dir / KERNEL_CHOICES
+    if resume and own.is_file():
+        choices |= read_kernel_choices(own)
+    autotune.reset_used()
+    autotune.pin_decisions(choices)  # also drops the pins of an earlier run in this process
+    if choices:
+        log(f"kernel choices: {len(choices)} recorded layer decision(s) taken instead of measuring")
+    return choices
 
 
 def _load_data(config: TrainConfig, ddp: DistContext) -> ImageDataset:
@@ -391,6 +420,9 @@ def _save_epoch(run: _Run, row: dict[str, Any]) -> None:
     if improved:
         save(run.model, run.run_dir / BEST, extra=state, **meta)
     save(run.model, run.run_dir / LAST, extra=state, **meta)
+    choices = run.pinned_choices | autotune.used_decisions()
+    if choices:  # none where 'auto' follows its calibrated model, or on a GPU
+        write_kernel_choices(run.run_dir / KERNEL_CHOICES, choices)
     atomic_write(run.run_dir / "metrics.csv", metrics_text(run.history))
 
 

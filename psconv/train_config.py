@@ -80,6 +80,11 @@ class TrainConfig:
     amp: str = setting("none", "mixed precision", choices=AMP_MODES)
     channels_last: bool = setting(False, "channels-last memory format")
     num_threads: int | None = setting(None, "CPU threads [torch's default]")
+    kernel_choices: str | None = setting(
+        None,
+        "a run's kernel_choices.json: each layer takes the path (kernel or oneDNN) that run took "
+        "instead of measuring, so a repeat on the same kind of CPU matches it bit for bit",
+    )
 
     def validate(self) -> None:
         if self.model not in list_models():

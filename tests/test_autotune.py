@@ -226,3 +226,25 @@ def test_a_measured_decision_is_a_constant_under_torch_compile(monkeypatch, grad
     assert explained.graph_break_count == 0
     nodes = [node for graph in explained.graphs for node in graph.graph.nodes]
     assert sum(node.target is torch.ops.psconv.conv.default for node in nodes) == 2
+
+
+@needs_kernels
+def test_pinned_decisions_come_before_the_cache_and_measuring(monkeypatch):
+    layer, x = _layer_and_input()
+    with torch.no_grad():
+        key = _key(layer, x)
+
+    def no_measurement(*args):
+        raise AssertionError("measured a pinned layer")
+
+    monkeypatch.setattr(autotune, "_measure", no_measurement)
+    monkeypatch.setitem(autotune._state, "pinned", {})
+    monkeypatch.setitem(autotune._state, "used", {})
+    for fast in (True, False, True):  # each pin replaces the last, whatever the process decided
+        autotune.reset_used()
+        autotune.pin_decisions({key: {"fast": fast, "fast_ms": 1.0, "dense_ms": 2.0}})
+        with torch.no_grad():
+            assert kernels.uses_fast(layer, x) is fast
+        assert autotune.used_decisions() == {key: {"fast": fast, "fast_ms": 1.0, "dense_ms": 2.0}}
+    with pytest.raises(ValueError, match="expected an object with a true/false 'fast'"):
+        autotune.pin_decisions({key: {"fast": "yes"}})

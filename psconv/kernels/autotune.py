@@ -10,6 +10,10 @@ answer: instruction sets (ours and oneDNN's cap), the kernels' ABI version, thre
 version, pattern, channels, stride, padding, image size, batch (1, or up to 16), packing, and
 whether gradients are computed.
 
+A decision picks the code that computes a layer, and so the last bits of its result: a run
+that must repeat bit for bit records the decisions it took (:func:`used_decisions`) and a
+repeat pins them (:func:`pin_decisions`) ahead of the cache and of any measurement.
+
 Switch (``PSCONV_AUTOTUNE``, :func:`set_autotune`): ``'auto'`` (default: measure where the model
 is not calibrated), ``'on'`` (measure everywhere), ``'off'`` (never: the model where it is
 calibrated, oneDNN elsewhere). Cache: ``$PSCONV_CACHE_DIR``, else ``$XDG_CACHE_HOME/psconv``,
@@ -43,6 +47,10 @@ __all__ = [
     "wins",
     "cache_key",
     "cache_path",
+    "pin_decisions",
+    "used_decisions",
+    "reset_used",
+    "generation",
 ]
 
 AUTOTUNE_MODES = ("auto", "on", "off")
@@ -50,7 +58,13 @@ AUTOTUNE_MODES = ("auto", "on", "off")
 # layer onto the slower path.
 MIN_SPEEDUP = 1.1
 CACHE_VERSION = 3  # 2: the dense side runs a channels-last kernel; 3: small-map forward kernel
-_state: dict[str, Any] = {"mode": os.environ.get("PSCONV_AUTOTUNE", "auto").lower(), "decisions": None}
+_state: dict[str, Any] = {
+    "mode": os.environ.get("PSCONV_AUTOTUNE", "auto").lower(),
+    "decisions": None,  # the disk cache, read once
+    "pinned": {},  # decisions a run repeats: ahead of the cache and of measuring
+    "used": {},  # decisions taken since reset_used()
+    "generation": 0,  # bumped by pins and resets: per-layer memos of decisions drop theirs
+}
 if _state["mode"] not in AUTOTUNE_MODES:
     _state["mode"] = {"1": "on", "0": "off"}.get(_state["mode"], "auto")
 
@@ -113,6 +127,38 @@ def _save() -> None:
         atomic_write(cache_path(), text + "\n")
     except OSError:
         pass  # a read-only home: decisions still hold for this process
+
+
+def pin_decisions(decisions: dict[str, Any]) -> None:
+    """Take these decisions (cache key -> ``{"fast": bool, ...}``, as :func:`used_decisions`
+    gives them) ahead of the cache and of any measurement, in this process; replaces earlier
+    pins. Keys name the machine, so decisions of another CPU kind never apply."""
+    pinned = {}
+    for key, value in decisions.items():
+        if not isinstance(key, str) or not isinstance(value, dict) or not isinstance(value.get("fast"), bool):
+            raise ValueError(
+                f"kernel choice {key!r}: expected an object with a true/false 'fast', got {value!r}"
+            )
+        pinned[key] = dict(value)
+    _state["pinned"] = pinned
+    _state["memo"] = {}
+    _state["generation"] += 1
+
+
+def used_decisions() -> dict[str, Any]:
+    """Every decision a layer call has taken since :func:`reset_used`: cache key -> decision."""
+    return {key: dict(value) for key, value in _state["used"].items()}
+
+
+def reset_used() -> None:
+    _state["used"] = {}
+    _state["memo"] = {}  # every layer asks by key again, so that its decision is recorded
+    _state["generation"] += 1
+
+
+def generation() -> int:
+    """Changes whenever decisions may have changed (pins, resets): part of every memo's key."""
+    return _state["generation"]
 
 
 def _median_ms(
@@ -178,12 +224,13 @@ def wins(pattern: str, cout: int, cin: int, seed: int, shape: tuple[int, ...]) -
     if found is not None:
         return found
     key = cache_key(pattern, cout, cin, seed, shape)
-    hit = decisions.get(key)
+    hit = _state["pinned"].get(key) or decisions.get(key)
     if hit is None:
         from .plans import _real_tensors
 
         with _real_tensors():
             hit = decisions[key] = _measure(pattern, cout, cin, seed, shape)
         _save()
+    _state["used"][key] = hit
     memo[fast_key] = bool(hit["fast"])
     return memo[fast_key]

@@ -74,6 +74,7 @@ def _key(x: torch.Tensor, relu: bool, residual: torch.Tensor | None) -> tuple[ob
         switches.get_backend(),
         switches.get_packing(),
         autotune.get_autotune(),
+        autotune.generation(),
     )
 
 

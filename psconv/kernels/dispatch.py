@@ -116,6 +116,7 @@ def _call_kind(layer: PSConv2d, x: torch.Tensor) -> tuple[object, ...]:
         switches.get_backend(),
         switches.get_packing(),
         autotune.get_autotune(),
+        autotune.generation(),
         torch.get_num_threads(),
         torch.is_grad_enabled(),
         x.shape,
