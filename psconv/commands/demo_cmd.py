@@ -9,7 +9,7 @@ from ..demo import DEMO, run_demo
 from .train_cmd import add_config_options, given_settings
 
 # Settings the demo fixes (it compares exactly two runs of its own on CIFAR-10).
-_FIXED = ("dataset", "download", "holdout", "eval_every", "compile", "amp", "channels_last")
+_FIXED = ("dataset", "download", "holdout", "eval_every", "compile", "amp", "channels_last", "kernel_choices")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
