@@ -130,7 +130,6 @@ class _Run:
     optimizer: torch.optim.Optimizer
     scaler: Any
     counts: dict[str, Any]
-    pinned_choices: dict[str, Any] = field(default_factory=dict)
     history: list[dict[str, Any]] = field(default_factory=list)
     best: float = -1.0
     best_epoch: int = 0
@@ -187,7 +186,7 @@ def _setup(
         )
     run_dir = config.run_dir()
     _check_run_dir(config, run_dir, resume)
-    pinned = _pin_kernel_choices(config, run_dir, resume, log)
+    _pin_kernel_choices(config, run_dir, resume, log)
     data = _load_data(config, ddp)
     train_data = DeviceData(data.x_train, data.y_train, device, mean=data.mean, std=data.std)
     test_data = DeviceData(data.x_test, data.y_test, device, mean=data.mean, std=data.std, pad=0)
@@ -236,7 +235,7 @@ def _setup(
     if config.compile:
         net = torch.compile(net)
     run = _Run(config, ddp, device, run_dir, train_data, test_data, data_meta(data, config.dataset), model, net,
-               optimizer, scaler, counts, pinned)  # fmt: skip
+               optimizer, scaler, counts)  # fmt: skip
     if extra:
         run.history, run.best, run.best_epoch = extra["history"], extra["best_top1"], extra["best_epoch"]
     if ddp.main:
@@ -260,9 +259,7 @@ def _check_run_dir(config: TrainConfig, run_dir: Path, resume: bool) -> None:
         )
 
 
-def _pin_kernel_choices(
-    config: TrainConfig, run_dir: Path, resume: bool, log: Callable[[str], None]
-) -> dict[str, Any]:
+def _pin_kernel_choices(config: TrainConfig, run_dir: Path, resume: bool, log: Callable[[str], None]) -> None:
     """Repeat the kernel-or-oneDNN path of each layer that ``--kernel-choices`` and, on resume, the
     run itself recorded: measuring again could pick the other path and change the last bits."""
     choices = read_kernel_choices(config.kernel_choices) if config.kernel_choices else {}
@@ -273,7 +270,6 @@ def _pin_kernel_choices(
     autotune.pin_decisions(choices)  # also drops the pins of an earlier run in this process
     if choices:
         log(f"kernel choices: {len(choices)} recorded layer decision(s) taken instead of measuring")
-    return choices
 
 
 def _load_data(config: TrainConfig, ddp: DistContext) -> ImageDataset:
@@ -420,7 +416,7 @@ def _save_epoch(run: _Run, row: dict[str, Any]) -> None:
     if improved:
         save(run.model, run.run_dir / BEST, extra=state, **meta)
     save(run.model, run.run_dir / LAST, extra=state, **meta)
-    choices = run.pinned_choices | autotune.used_decisions()
+    choices = autotune.pinned_decisions() | autotune.used_decisions()
     if choices:  # none where 'auto' follows its calibrated model, or on a GPU
         write_kernel_choices(run.run_dir / KERNEL_CHOICES, choices)
     atomic_write(run.run_dir / "metrics.csv", metrics_text(run.history))

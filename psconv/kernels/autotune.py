@@ -48,6 +48,7 @@ __all__ = [
     "cache_key",
     "cache_path",
     "pin_decisions",
+    "pinned_decisions",
     "used_decisions",
     "reset_used",
     "generation",
@@ -143,6 +144,11 @@ def pin_decisions(decisions: dict[str, Any]) -> None:
     _state["pinned"] = pinned
     _state["memo"] = {}
     _state["generation"] += 1
+
+
+def pinned_decisions() -> dict[str, Any]:
+    """The decisions :func:`pin_decisions` set, whether or not a layer has asked for them."""
+    return {key: dict(value) for key, value in _state["pinned"].items()}
 
 
 def used_decisions() -> dict[str, Any]:
