@@ -165,11 +165,16 @@ def _pt2_bytes(deploy: DeployModel, example: torch.Tensor, metadata: dict[str, A
         node.target is torch.ops.psconv.conv.default for node in program.graph.nodes
     )
     buffer = io.BytesIO()
-    torch.export.save(
-        program,
-        buffer,
-        extra_files={"psconv.json": json.dumps(dict(metadata, graph="sparse: psconv operators"))},
-    )
+    with warnings.catch_warnings():
+        # The first conv's weight is channels-last on purpose (oneDNN's fast path). torch's
+        # archive warns on any tensor that does not cover its storage in order, but it stores
+        # the strides and load restores them, so the user would be warned about nothing.
+        warnings.filterwarnings("ignore", "No complete tensor found", UserWarning)
+        torch.export.save(
+            program,
+            buffer,
+            extra_files={"psconv.json": json.dumps(dict(metadata, graph="sparse: psconv operators"))},
+        )
     return buffer.getvalue()
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -159,7 +160,12 @@ def test_pt2_export_reloads_in_a_fresh_process(tmp_path: Path) -> None:
     model = _trained_like(psconv.create_model("resnet18", "PSD2_P8"))
     ckpt = psconv.save(model, tmp_path / "m.safetensors", dataset="cifar10")
     out = tmp_path / "m.pt2"
-    assert psconv.cli.main(["export", "--checkpoint", str(ckpt), "--format", "pt2", "--out", str(out)]) == 0
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        status = psconv.cli.main(["export", "--checkpoint", str(ckpt), "--format", "pt2", "--out", str(out)])
+    assert status == 0
+    # A user's export prints no warning (torch's archive warned about the channels-last stem).
+    assert [str(w.message) for w in caught if issubclass(w.category, UserWarning)] == []
     x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(2))
     torch.save(x, tmp_path / "x.pt")
     code = (
