@@ -10,6 +10,7 @@
 #    batch 1 and 32): the issue's bar is 1.3x over ORT in every cell.
 # 3. The small-map forward on and off (bench_small_maps.py): where "off/on" is clearly above 1,
 #    define PSC_SMALL_MAPS_ON in that ISA's csrc/kernels_<isa>.cpp.
+# 4. check_bars.py: each issue's bar on tables 1 and 2, PASS or FAIL with the cells below it.
 # Stop other work on the machine first (a training run beside a benchmark measures nothing).
 # About 20 minutes on two cores of a Zen 3; each step writes its table (.txt) and its JSON to OUT_DIR.
 set -euo pipefail
@@ -37,4 +38,8 @@ fi
 
 "$PY" benchmarks/bench_small_maps.py --threads "$THREADS" --json "$OUT/small_maps.json" \
     | tee "$OUT/small_maps.txt"
+
+# The issues' bars on these tables, one verdict line each (exit status 1 flags a miss).
+"$PY" benchmarks/check_bars.py --models "$OUT/bench_models.json" --deploy "$OUT/deploy.json" \
+    | tee "$OUT/verdict.txt" || true
 echo "done: $OUT"
