@@ -31,27 +31,25 @@ DEPLOY_BAR = 1.3
 Bar = tuple[str, list[str]]  # (what was required, the cells that missed it)
 
 
-def model_bars(report: dict[str, Any]) -> list[Bar]:
-    """Issue 11's bars for a model table, chosen by the kernel build it ran."""
+def model_bar(report: dict[str, Any]) -> Bar:
+    """Issue 11's bar for a model table, chosen by the kernel build it ran."""
     kernels = report["machine"].get("kernels")
     table = cells(report)
     if not table:
         raise SystemExit("check_bars: the model report has no timed sparse cell")
     if kernels == "generic":
         floor = {key: PORTABLE_BAR for key in table}
-        bars = [f"portable build: every cell >= {PORTABLE_BAR}x dense"]
+        name = f"portable build: every cell >= {PORTABLE_BAR}x dense"
     else:
         floor = {key: SIMD_BAR for key in table}
         floor |= {key: TRAIN_BAR for key in table if key[2] == "train" and key[1] in TRAIN_BAR_PATTERNS}
-        bars = [
-            f"{kernels} kernels: every cell >= {SIMD_BAR}x dense, {'/'.join(TRAIN_BAR_PATTERNS)} train >= {TRAIN_BAR}x"
-        ]
+        name = f"{kernels} kernels: every cell >= {SIMD_BAR}x dense, {'/'.join(TRAIN_BAR_PATTERNS)} train >= {TRAIN_BAR}x"
     missed = [
         f"{model} {pattern} {case}: {speedup:.2f}x (bar {floor[model, pattern, case]}x)"
         for (model, pattern, case), (speedup, _) in table.items()
         if speedup < floor[model, pattern, case]
     ]
-    return [(bars[0], missed)]
+    return name, missed
 
 
 def load_deploy(path: str) -> list[dict[str, Any]]:
@@ -86,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.models and not args.deploy:
         parser.error("give at least one --models or --deploy report")
-    bars = [bar for path in args.models for bar in model_bars(load(path))]
+    bars = [model_bar(load(path)) for path in args.models]
     bars += [deploy_bar(load_deploy(path)) for path in args.deploy]
     for name, missed in bars:
         print(f"FAIL  {name}: {len(missed)} cell(s) below" if missed else f"PASS  {name}")

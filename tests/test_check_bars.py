@@ -71,7 +71,7 @@ def _write(tmp_path: Path, name: str, report: dict[str, Any]) -> str:
     ],
 )
 def test_model_bars_by_kernel_build(check_bars, kernels, speedups, below) -> None:
-    [(name, missed)] = check_bars.model_bars(_models(kernels, speedups))
+    name, missed = check_bars.model_bar(_models(kernels, speedups))
     assert name.startswith(f"{'portable build' if kernels == 'generic' else kernels + ' kernels'}:")
     assert missed == below
 
