@@ -1,0 +1,126 @@
+"""What does the JPEG copy of CIFAR-10 cost in accuracy? Results in ``results/jpeg-cost/``.
+
+    python experiments/jpeg_cost.py                  # every run, then the table
+    python experiments/jpeg_cost.py --model vgg16 --pattern dense --seeds 0 1
+
+The short-budget runs (``experiments/short_budget.py``) train and test on the JPEG copy
+(quality 75, 4:2:0 chroma), the only full CIFAR-10 these machines have; accuracy bars from the
+literature are for the original pixels. The pixel-exact subset (4,000 training and 1,000 test
+images, the first of the official order) has a JPEG twin inside the copy: file k of a class is
+that class's k-th image in the official order. So the same model can be trained, with the same
+recipe and seed, on the same images in both forms, and each scored on the same 1,000 test
+images in both forms. The paired difference (original-trained on original test minus
+JPEG-trained on JPEG test) is the JPEG cost at this data size; with 4,000 training images it
+is an estimate for the full set, not a measurement of it.
+
+The recipe is the short-budget protocol (``PROTOCOL``, the pilot's learning rate and label
+smoothing) with more epochs, because 4,000 images give 31 steps an epoch. Re-running skips
+finished runs and continues unfinished ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "experiments"))
+from short_budget import PROTOCOL, train  # noqa: E402  (one protocol, declared once)
+
+from psconv.data import cache_dir, load_dataset  # noqa: E402
+
+SHARED = ROOT.parent / "shared/data"
+FORMS = ("original", "jpeg")
+
+
+def jpeg_twin(exact_npz: Path, jpeg_archive: Path, out: Path) -> Path:
+    """Write ``out``: the exact subset's images, in its order, taken from the JPEG copy."""
+    if out.is_file():
+        return out
+    with np.load(exact_npz) as z:
+        exact = {k: z[k] for k in z.files}
+    copy = load_dataset("cifar10", jpeg_archive)
+    per_class = {"train": 5000, "test": 1000}
+    twin = {"classes": exact["classes"]}
+    for split in ("train", "test"):
+        y = exact[f"y_{split}"]
+        seen = np.zeros(10, dtype=np.int64)
+        rows = []
+        for label in y:  # the copy is class-sorted: class c's k-th image is row c * per_class + k
+            rows.append(label * per_class[split] + seen[label])
+            seen[label] += 1
+        x = getattr(copy, f"x_{split}")[np.array(rows)]
+        mae = np.abs(x.astype(np.int16) - exact[f"x_{split}"].astype(np.int16)).mean(axis=(1, 2, 3))
+        # JPEG at quality 75 is about 6/255 off; a misaligned pair is about 60/255 off.
+        if mae.max() > 25:
+            raise SystemExit(
+                f"{split} image {int(mae.argmax())} does not match its JPEG twin (MAE {mae.max():.1f})"
+            )
+        print(f"{split}: {len(x)} twins, mean abs error {mae.mean():.2f}/255 (max {mae.max():.2f})")
+        twin[f"x_{split}"], twin[f"y_{split}"] = x, y
+    out.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(out, **twin)
+    return out
+
+
+def evaluate(psconv: str, checkpoint: Path, data: Path) -> float:
+    cmd = [psconv, "eval", "--checkpoint", str(checkpoint), "--data-dir", str(data), "--json"]
+    done = subprocess.run(cmd, check=True, capture_output=True, text=True)
+    return float(json.loads(done.stdout)["top1"])
+
+
+def mean_sd(xs: list[float]) -> str:
+    sd = f" ± {statistics.stdev(xs):.2f}" if len(xs) > 1 else ""
+    return f"{statistics.mean(xs):.2f}{sd}"
+
+
+def table(scores: dict[str, dict[str, list[float]]]) -> str:
+    n = len(scores["original"]["original"])
+    cost = [a - b for a, b in zip(scores["original"]["original"], scores["jpeg"]["jpeg"])]
+    lines = [f"test top-1 (%), final epoch, mean ± sd over {n} seed(s)", ""]
+    lines += ["| trained on | original test | JPEG test |", "|---|---|---|"]
+    for form in FORMS:
+        lines.append(f"| {form} | {mean_sd(scores[form]['original'])} | {mean_sd(scores[form]['jpeg'])} |")
+    lines += ["", f"JPEG cost (original/original minus JPEG/JPEG, paired by seed): {mean_sd(cost)} points"]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--exact", type=Path, default=SHARED / "cifar10-exact-subset.npz")
+    p.add_argument("--jpeg", type=Path, default=SHARED / "cifar10-jpeg.tar.gz")
+    p.add_argument("--model", default="vgg16")
+    p.add_argument("--pattern", default="PSD1_P16")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--out", type=Path, default=ROOT / "results/jpeg-cost")
+    p.add_argument("--psconv", default=str(ROOT / ".venv/bin/psconv"))
+    a = p.parse_args()
+    choice = json.loads((ROOT / "results/cifar10-10ep/pilot/choice.json").read_text())
+    twin = cache_dir() / "cifar10-exact-subset-jpeg-twin.npz"  # data: never under results/
+    data = {"original": a.exact.resolve(), "jpeg": jpeg_twin(a.exact, a.jpeg, twin)}
+    out = a.out / f"{a.model}-{a.pattern}"
+    scores: dict[str, dict[str, list[float]]] = {f: {g: [] for g in FORMS} for f in FORMS}
+    for seed in a.seeds:
+        for form in FORMS:
+            run = out / f"{form}-s{seed}"
+            args = ["--model", a.model, "--pattern", a.pattern, *PROTOCOL, "--epochs", str(a.epochs)]
+            args += ["--seed", str(seed), "--data-dir", str(data[form]), "--lr", str(choice["lr"])]
+            args += ["--label-smoothing", str(choice["label_smoothing"])]
+            train(a.psconv, run, args)
+            for test in FORMS:
+                scores[form][test].append(evaluate(a.psconv, run / "last.safetensors", data[test]))
+    (out / "scores.json").write_text(json.dumps({"seeds": a.seeds, "top1": scores}, indent=2) + "\n")
+    (out / "table.md").write_text(table(scores))
+    print(table(scores))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
