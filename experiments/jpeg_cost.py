@@ -4,8 +4,8 @@
     python experiments/jpeg_cost.py --model vgg16 --pattern dense --seeds 0 1
 
 The short-budget runs (``experiments/short_budget.py``) train and test on the JPEG copy
-(quality 75, 4:2:0 chroma), the only full CIFAR-10 these machines have; accuracy bars from the
-literature are for the original pixels. The pixel-exact subset (4,000 training and 1,000 test
+(quality 75, 4:2:0 chroma), the only full CIFAR-10 these machines have; published CIFAR-10
+accuracies are for the original pixels. The pixel-exact subset (4,000 training and 1,000 test
 images, the first of the official order) has a JPEG twin inside the copy: file k of a class is
 that class's k-th image in the official order. So the same model can be trained, with the same
 recipe and seed, on the same images in both forms, and each scored on the same 1,000 test
@@ -21,6 +21,7 @@ finished runs and continues unfinished ones.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import statistics
 import subprocess
@@ -34,6 +35,7 @@ sys.path.insert(0, str(ROOT / "experiments"))
 from short_budget import PROTOCOL, train  # noqa: E402  (one protocol, declared once)
 
 from psconv.data import cache_dir, load_dataset  # noqa: E402
+from psconv.fileio import atomic_write  # noqa: E402
 
 SHARED = ROOT.parent / "shared/data"
 FORMS = ("original", "jpeg")
@@ -65,7 +67,9 @@ def jpeg_twin(exact_npz: Path, jpeg_archive: Path, out: Path) -> Path:
         print(f"{split}: {len(x)} twins, mean abs error {mae.mean():.2f}/255 (max {mae.max():.2f})")
         twin[f"x_{split}"], twin[f"y_{split}"] = x, y
     out.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(out, **twin)
+    buf = io.BytesIO()
+    np.savez(buf, **twin)
+    atomic_write(out, buf.getvalue())  # a half-written twin would pass the is_file() check above
     return out
 
 
@@ -116,8 +120,8 @@ def main() -> int:
             train(a.psconv, run, args)
             for test in FORMS:
                 scores[form][test].append(evaluate(a.psconv, run / "last.safetensors", data[test]))
-    (out / "scores.json").write_text(json.dumps({"seeds": a.seeds, "top1": scores}, indent=2) + "\n")
-    (out / "table.md").write_text(table(scores))
+    atomic_write(out / "scores.json", json.dumps({"seeds": a.seeds, "top1": scores}, indent=2) + "\n")
+    atomic_write(out / "table.md", table(scores))
     print(table(scores))
     return 0
 
