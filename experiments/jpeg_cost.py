@@ -48,13 +48,14 @@ def jpeg_twin(exact_npz: Path, jpeg_archive: Path, out: Path) -> Path:
     with np.load(exact_npz) as z:
         exact = {k: z[k] for k in z.files}
     copy = load_dataset("cifar10", jpeg_archive)
-    per_class = {"train": 5000, "test": 1000}
+    # The copy is class-sorted with equal classes: class c's k-th image is row c * n + k.
+    per_class = {split: len(getattr(copy, f"y_{split}")) // 10 for split in ("train", "test")}
     twin = {"classes": exact["classes"]}
     for split in ("train", "test"):
         y = exact[f"y_{split}"]
         seen = np.zeros(10, dtype=np.int64)
         rows = []
-        for label in y:  # the copy is class-sorted: class c's k-th image is row c * per_class + k
+        for label in y:
             rows.append(label * per_class[split] + seen[label])
             seen[label] += 1
         x = getattr(copy, f"x_{split}")[np.array(rows)]
