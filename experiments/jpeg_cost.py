@@ -49,11 +49,12 @@ def jpeg_twin(exact_npz: Path, jpeg_archive: Path, out: Path) -> Path:
         exact = {k: z[k] for k in z.files}
     copy = load_dataset("cifar10", jpeg_archive)
     # The copy is class-sorted with equal classes: class c's k-th image is row c * n + k.
-    per_class = {split: len(getattr(copy, f"y_{split}")) // 10 for split in ("train", "test")}
+    n_classes = len(exact["classes"])
+    per_class = {s: len(getattr(copy, f"y_{s}")) // n_classes for s in ("train", "test")}
     twin = {"classes": exact["classes"]}
     for split in ("train", "test"):
         y = exact[f"y_{split}"]
-        seen = np.zeros(10, dtype=np.int64)
+        seen = np.zeros(n_classes, dtype=np.int64)
         rows = []
         for label in y:
             rows.append(label * per_class[split] + seen[label])
