@@ -15,7 +15,7 @@ is an estimate for the full set, not a measurement of it.
 
 The recipe is the short-budget protocol (``PROTOCOL``, the pilot's learning rate and label
 smoothing) with more epochs, because 4,000 images give 31 steps an epoch. Re-running skips
-finished runs and continues unfinished ones.
+finished runs and continues unfinished ones; the table covers every seed measured so far.
 """
 
 from __future__ import annotations
@@ -81,6 +81,25 @@ def evaluate(psconv: str, checkpoint: Path, data: Path) -> float:
     return float(json.loads(done.stdout)["top1"])
 
 
+def run_scores(psconv: str, run: Path, data: dict[str, Path]) -> dict[str, float]:
+    """A finished run's final-epoch top-1 on both test forms, kept in its folder.
+
+    Committed run folders carry no checkpoint, so the scores must travel with them: a later
+    ``--seeds 1`` then adds to seed 0 instead of needing seed 0's weights again.
+    """
+    path = run / "scores.json"
+    if not path.is_file():
+        scores = {test: evaluate(psconv, run / "last.safetensors", data[test]) for test in FORMS}
+        atomic_write(path, json.dumps(scores, indent=2) + "\n")
+    return json.loads(path.read_text())
+
+
+def measured_seeds(out: Path) -> list[int]:
+    """Seeds whose runs in both forms have scores: the table covers all of them."""
+    seeds = [int(p.parent.name.rsplit("-s", 1)[1]) for p in out.glob(f"{FORMS[0]}-s*/scores.json")]
+    return sorted(s for s in seeds if (out / f"{FORMS[1]}-s{s}/scores.json").is_file())
+
+
 def mean_sd(xs: list[float]) -> str:
     sd = f" ± {statistics.stdev(xs):.2f}" if len(xs) > 1 else ""
     return f"{statistics.mean(xs):.2f}{sd}"
@@ -112,7 +131,6 @@ def main() -> int:
     twin = cache_dir() / "cifar10-exact-subset-jpeg-twin.npz"  # data: never under results/
     data = {"original": a.exact.resolve(), "jpeg": jpeg_twin(a.exact, a.jpeg, twin)}
     out = a.out / f"{a.model}-{a.pattern}"
-    scores: dict[str, dict[str, list[float]]] = {f: {g: [] for g in FORMS} for f in FORMS}
     for seed in a.seeds:
         for form in FORMS:
             run = out / f"{form}-s{seed}"
@@ -120,9 +138,11 @@ def main() -> int:
             args += ["--seed", str(seed), "--data-dir", str(data[form]), "--lr", str(choice["lr"])]
             args += ["--label-smoothing", str(choice["label_smoothing"])]
             train(a.psconv, run, args)
-            for test in FORMS:
-                scores[form][test].append(evaluate(a.psconv, run / "last.safetensors", data[test]))
-    atomic_write(out / "scores.json", json.dumps({"seeds": a.seeds, "top1": scores}, indent=2) + "\n")
+            run_scores(a.psconv, run, data)
+    seeds = measured_seeds(out)
+    per_run = {(f, s): run_scores(a.psconv, out / f"{f}-s{s}", data) for f in FORMS for s in seeds}
+    scores = {f: {t: [per_run[f, s][t] for s in seeds] for t in FORMS} for f in FORMS}
+    atomic_write(out / "scores.json", json.dumps({"seeds": seeds, "top1": scores}, indent=2) + "\n")
     atomic_write(out / "table.md", table(scores))
     print(table(scores))
     return 0
