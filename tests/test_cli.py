@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from psconv.cli import build_parser, main
+from psconv.commands.arg_types import non_negative_int, positive_int
 
 REPO = Path(__file__).resolve().parents[1]
 FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -40,6 +43,41 @@ def test_profile_all_rows(capsys) -> None:
     assert main(["profile", "--all", "--model", "vgg16", "--json"]) == 0
     rows = {r["variant"]: r for r in json.loads(capsys.readouterr().out)}
     assert rows["PSD1_P16"]["params_M"] == 2.471 and rows["pSC9"]["macs_G"] == 0.3132
+
+
+@pytest.mark.parametrize(
+    ("parse", "text", "value"),
+    [
+        (positive_int, "1", 1),
+        (positive_int, " 128", 128),
+        (non_negative_int, "0", 0),
+        (non_negative_int, "+7", 7),
+    ],
+)
+def test_count_types_accept(parse: Any, text: str, value: int) -> None:
+    assert parse(text) == value
+
+
+@pytest.mark.parametrize(
+    ("parse", "text", "fragment"),
+    [
+        (positive_int, "0", "at least 1, got '0'"),
+        (positive_int, "-5", "at least 1, got '-5'"),
+        (non_negative_int, "-1", "at least 0, got '-1'"),
+        (positive_int, "2.5", "an integer, got '2.5'"),
+        (non_negative_int, "", "an integer, got ''"),
+    ],
+)
+def test_count_types_refuse_with_the_value(parse: Any, text: str, fragment: str) -> None:
+    with pytest.raises(argparse.ArgumentTypeError, match=re.escape(fragment)):
+        parse(text)
+
+
+def test_bench_batch_zero_names_the_flag(capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["bench", "--batch", "0"])
+    assert exc.value.code == 2
+    assert "argument --batch: expected an integer of at least 1, got '0'" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
@@ -102,9 +140,14 @@ def _bad_invocations(tmp: Path) -> list[list[str]]:
         for action in required:  # each required argument left out in turn
             cases.append([name, *[v for d, vs in filled.items() if d != action.dest for v in vs]])
         for action in sp._actions:
-            if action.type in (int, float) and action.option_strings:
+            if action.type in (int, float, positive_int, non_negative_int) and action.option_strings:
                 cases.append(
                     [name, *[v for vs in filled.values() for v in vs], action.option_strings[0], "abc"]
+                )
+            too_small = {positive_int: "0", non_negative_int: "-1"}.get(action.type)
+            if too_small and action.option_strings:  # refused before any work starts
+                cases.append(
+                    [name, *[v for vs in filled.values() for v in vs], action.option_strings[0], too_small]
                 )
             if action.choices and action.option_strings and action.dest != "help":
                 cases.append(

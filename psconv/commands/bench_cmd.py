@@ -8,6 +8,7 @@ import json
 from ..bench import CASES, DEFAULT_MODELS, DEFAULT_PATTERNS, format_report, run_bench
 from ..bench_deploy import DEPLOY_BATCHES, bench_deploy, format_deploy
 from ..fileio import atomic_write
+from .arg_types import non_negative_int, positive_int
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -15,10 +16,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS), help="models to time")
     p.add_argument("--patterns", nargs="*", default=list(DEFAULT_PATTERNS),
                    help="pattern specs (none: time the dense model only)")  # fmt: skip
-    p.add_argument("--batch", type=int, default=128, help="large batch (forward and training step)")
-    p.add_argument("--image-size", type=int, default=32, help="input side (32: CIFAR-10)")
-    p.add_argument("--repeats", type=int, default=5, help="interleaved rounds (median is reported)")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--batch", type=positive_int, default=128, help="large batch (forward and training step)")
+    p.add_argument("--image-size", type=positive_int, default=32, help="input side (32: CIFAR-10)")
+    p.add_argument("--repeats", type=positive_int, default=5, help="interleaved rounds (median is reported)")
+    p.add_argument("--threads", type=non_negative_int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--quick", action="store_true", help="few repeats, batch 8, no per-layer or memory runs")
     p.add_argument("--no-layers", action="store_true", help="skip the per-layer timings")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
@@ -31,7 +32,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--deploy", action="store_true",
         help="inference rows only: optimize_for_inference against the dense twin in ONNX Runtime, torch.compile and eager",
     )  # fmt: skip
-    p.add_argument("--deploy-batches", type=int, nargs="+", default=list(DEPLOY_BATCHES), metavar="B")
+    p.add_argument(
+        "--deploy-batches", type=positive_int, nargs="+", default=list(DEPLOY_BATCHES), metavar="B"
+    )
     p.set_defaults(func=run)
 
 

@@ -7,6 +7,7 @@ import json
 
 from ..data import DATASETS
 from ..evaluate import evaluate_checkpoint
+from .arg_types import positive_int
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -15,8 +16,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dataset", choices=sorted(DATASETS), help="[the checkpoint's training data set]")
     p.add_argument("--data-dir", help="data directory or archive [$PSCONV_DATA]")
     p.add_argument("--download", action="store_true", help="fetch the official archive if missing")
-    p.add_argument("--batch-size", type=int, default=500)
-    p.add_argument("--test-subset", type=int, metavar="N", help="evaluate on N images (as train did)")
+    p.add_argument("--batch-size", type=positive_int, default=500)
+    p.add_argument(
+        "--test-subset", type=positive_int, metavar="N", help="evaluate on N images (as train did)"
+    )
     p.add_argument("--device", default="auto", help="auto (a GPU if there is one), cpu, cuda, cuda:N")
     p.add_argument("--json", action="store_true", help="print a JSON dict")
     p.set_defaults(func=run)

@@ -7,6 +7,7 @@ import json
 import sys
 
 from ..predict import load_for_inference, predict_files
+from .arg_types import positive_int
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -22,14 +23,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--checkpoint", required=True, metavar="FILE", help="a psconv checkpoint")
     p.add_argument("images", nargs="+", metavar="IMAGE_OR_DIR", help="image files or folders")
-    p.add_argument("--top-k", type=int, default=5, metavar="K", help="classes to show per image (default 5)")
+    p.add_argument(
+        "--top-k", type=positive_int, default=5, metavar="K", help="classes to show per image (default 5)"
+    )
     p.add_argument("--json", action="store_true", help="print JSON (predictions and skipped files)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.top_k < 1:
-        raise ValueError(f"--top-k must be at least 1, got {args.top_k}")
     deploy = load_for_inference(args.checkpoint)
 
     def report(name: str, reason: str) -> None:
