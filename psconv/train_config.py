@@ -111,8 +111,15 @@ class TrainConfig:
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
                 raise ValueError(f"--{_flag(name)} must be a finite number >= 0, got {value!r}")
-        if self.label_smoothing >= 1:
-            raise ValueError(f"--label-smoothing must be below 1, got {self.label_smoothing!r}")
+        # Each of these would otherwise fail late (a negative seed only when the first epoch
+        # draws its crops) or train a run that cannot learn (momentum >= 1 never forgets).
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
+            raise ValueError(f"--seed must be an integer >= 0, got {self.seed!r}")
+        for name in ("momentum", "label_smoothing"):
+            if getattr(self, name) >= 1:
+                raise ValueError(f"--{_flag(name)} must be below 1, got {getattr(self, name)!r}")
+        if self.gamma == 0:
+            raise ValueError("--gamma must be above 0 (0 would stop training at the first milestone), got 0")
 
     def run_dir(self) -> Path:
         return Path(self.out or f"runs/{self.model}-{self.pattern}-{self.dataset}-s{self.seed}")

@@ -107,3 +107,31 @@ def test_train_from_yaml_with_override_and_resolved_config_round_trips(
     strip = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]  # noqa: E731
     assert strip(read_metrics(again / "metrics.csv")) == strip(read_metrics(run / "metrics.csv"))
     capsys.readouterr()
+
+
+@pytest.mark.parametrize(
+    ("setting", "value", "message"),
+    [
+        ("seed", -1, "--seed must be an integer >= 0, got -1"),
+        ("momentum", 1.0, "--momentum must be below 1, got 1.0"),
+        ("label_smoothing", 1.5, "--label-smoothing must be below 1, got 1.5"),
+        ("gamma", 0.0, "--gamma must be above 0"),
+        ("lr", float("nan"), "--lr must be a finite number >= 0, got nan"),
+        ("weight_decay", -1e-4, "--weight-decay must be a finite number >= 0"),
+        ("batch_size", 0, "--batch-size must be a positive integer, got 0"),
+        ("holdout", -1, "--holdout must be a positive integer, got -1"),
+        ("pattern", "PS5_P4", "pattern 'PS5_P4'"),
+        ("model", "vgg17", "unknown model 'vgg17'"),
+    ],
+)
+def test_validate_names_the_setting_before_any_data_is_read(
+    setting: str, value: object, message: str
+) -> None:
+    config = TrainConfig(**{setting: value})
+    with pytest.raises(ValueError, match=re.escape(message)):
+        config.validate()
+
+
+def test_validate_accepts_the_defaults_and_boundaries() -> None:
+    TrainConfig().validate()
+    TrainConfig(seed=0, momentum=0.0, label_smoothing=0.0, weight_decay=0.0, gamma=1.0).validate()
