@@ -63,8 +63,8 @@ def parse_overrides(items: list[str] | None) -> EnergyConstants:
             number = float(value) if names[key] in ("float", float) else int(value)
         except ValueError:
             raise ValueError(f"energy constant {key} needs a number, got {value!r}") from None
-        if number <= 0:
-            raise ValueError(f"energy constant {key} must be positive, got {value!r}")
+        if not math.isfinite(number) or number <= 0:  # nan and inf pass float() but poison every total
+            raise ValueError(f"energy constant {key} must be a finite number above 0, got {value!r}")
         constants = replace(constants, **{key: number})
     return constants
 

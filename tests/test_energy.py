@@ -1,3 +1,5 @@
+import re
+
 import pytest
 
 import psconv
@@ -36,7 +38,20 @@ def test_estimate_follows_constants(vgg_psd1) -> None:
     assert base["formats"]["index_free"]["inference_uj"] < base["formats"]["csr"]["inference_uj"]
 
 
-@pytest.mark.parametrize("item", ["dram_pj", "nope=3", "dram_pj=-1", "batch=x"])
-def test_bad_overrides(item: str) -> None:
-    with pytest.raises(ValueError, match="energy constant"):
+@pytest.mark.parametrize(
+    ("item", "message"),
+    [
+        ("dram_pj", "must be NAME=VALUE"),
+        ("nope=3", "must be NAME=VALUE"),
+        ("batch=x", "must be NAME=VALUE"),
+        ("mac_pj=abc", "mac_pj needs a number, got 'abc'"),
+        ("word_bits=2.5", "word_bits needs a number, got '2.5'"),
+        ("dram_pj=-1", "dram_pj must be a finite number above 0, got '-1'"),
+        ("infer_batch=0", "infer_batch must be a finite number above 0, got '0'"),
+        ("mac_pj=nan", "mac_pj must be a finite number above 0, got 'nan'"),
+        ("dram_pj=inf", "dram_pj must be a finite number above 0, got 'inf'"),
+    ],
+)
+def test_bad_overrides(item: str, message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
         parse_overrides([item])
