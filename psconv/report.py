@@ -35,6 +35,7 @@ __all__ = [
 MATPLOTLIB_HINT = "figures need matplotlib: pip install 'psconv[plot]' (or pip install matplotlib)"
 TIMING_KEYS = ("forward_b1_ms", "forward_b128_ms", "train_step_b128_ms")
 BENCH_BATCH = 128  # the batch of the timing columns above
+PAPER_COLUMNS = ("model", "dataset", "variant", "params_M", "macs_G", "top1")
 
 
 def _float(value: str | None) -> float | None:
@@ -42,6 +43,13 @@ def _float(value: str | None) -> float | None:
         return float(value) if value not in (None, "") else None
     except ValueError:
         return None
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{str(path)!r} is not valid JSON: {exc}") from None
 
 
 def read_run(path: str | Path) -> dict[str, Any]:
@@ -52,14 +60,11 @@ def read_run(path: str | Path) -> dict[str, Any]:
         raise FileNotFoundError(
             f"{str(folder)!r} is not a run folder: expected config.json and metrics.csv in it"
         )
-    try:
-        config = json.loads(config_path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{str(config_path)!r} is not valid JSON: {exc}") from None
+    config = _read_json(config_path)
     with metrics_path.open(newline="") as handle:
         metrics = [{k: _float(v) for k, v in row.items()} for row in csv.DictReader(handle)]
     summary_path = folder / "summary.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    summary = _read_json(summary_path) if summary_path.is_file() else {}
     tops = [m["test_top1"] for m in metrics if m.get("test_top1") is not None]
     top5 = [m["test_top5"] for m in metrics if m.get("test_top5") is not None]
     return {
@@ -82,15 +87,20 @@ def read_run(path: str | Path) -> dict[str, Any]:
 def read_paper(path: str | Path) -> list[dict[str, Any]]:
     """Rows of ``paper-results.csv`` (numbers as floats, blanks as None)."""
     with Path(path).open(newline="") as handle:
+        reader = csv.DictReader(handle)
+        missing = [c for c in PAPER_COLUMNS if c not in (reader.fieldnames or [])]
+        if missing:  # a wrong file would otherwise give a report without the paper's points
+            raise ValueError(f"paper results {str(path)!r}: expected columns {', '.join(PAPER_COLUMNS)}; "
+                             f"missing {', '.join(missing)}")  # fmt: skip
         return [
             {k: (_float(v) if k in ("params_M", "macs_G", "top1", "top5") else v) for k, v in row.items()}
-            for row in csv.DictReader(handle)
+            for row in reader
         ]
 
 
 def read_timings(path: str | Path) -> dict[tuple[str, str], dict[str, float]]:
     """``{(model, pattern): {forward_b1_ms, forward_b128_ms, train_step_b128_ms}}`` from JSON rows."""
-    rows = json.loads(Path(path).read_text())
+    rows = _read_json(Path(path))
     if isinstance(rows, dict) and "models" in rows:
         rows = _bench_rows(rows)
     elif isinstance(rows, dict):

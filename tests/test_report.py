@@ -1,11 +1,12 @@
 import csv
 import json
+import re
 from pathlib import Path
 
 import pytest
 
 from psconv.cli import main
-from psconv.report import complexity_rows, read_run, write_report
+from psconv.report import complexity_rows, read_paper, read_run, read_timings, write_report
 
 PAPER = Path(__file__).resolve().parents[2] / "shared" / "reference" / "paper-results.csv"
 
@@ -58,6 +59,37 @@ def test_epoch_seconds_is_the_fastest_epoch_of_any_seed(tmp_path: Path) -> None:
 def test_read_run_refuses_other_folders(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="not a run folder"):
         read_run(tmp_path)
+
+
+@pytest.mark.parametrize("broken", ["config.json", "summary.json"])
+def test_read_run_names_a_corrupt_json_file(tmp_path: Path, broken: str) -> None:
+    run = fake_run(tmp_path, "a", "vgg16", "dense", [40.0])
+    (run / broken).write_text('{"model": "vgg1')  # cut short, as by a full disk
+    with pytest.raises(ValueError, match=re.escape(f"{str(run / broken)!r} is not valid JSON")):
+        read_run(run)
+
+
+def test_read_paper_refuses_a_csv_without_the_paper_columns(tmp_path: Path) -> None:
+    other = tmp_path / "other.csv"
+    other.write_text("model,dataset,top1\nvgg16,cifar10,90\n")
+    with pytest.raises(ValueError, match="missing variant, params_M, macs_G"):
+        read_paper(other)
+
+
+def test_read_paper_reads_the_reference_table() -> None:
+    if not PAPER.is_file():
+        pytest.skip(f"{PAPER} not found: the shared reference folder is not beside this clone")
+    rows = {(r["model"], r["dataset"], r["variant"]): r for r in read_paper(PAPER)}
+    assert (
+        rows["vgg16", "cifar10", "pSC9"]["top1"] == 92.78 and rows["vgg16", "cifar10", "pSC9"]["top5"] is None
+    )
+
+
+def test_read_timings_names_a_file_that_is_not_json(tmp_path: Path) -> None:
+    bad = tmp_path / "timings.json"
+    bad.write_text("model,pattern\nvgg16,dense\n")
+    with pytest.raises(ValueError, match=re.escape(f"{str(bad)!r} is not valid JSON")):
+        read_timings(bad)
 
 
 def test_report_writes_tables_and_figures(tmp_path: Path) -> None:
