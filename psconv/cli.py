@@ -63,7 +63,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args) or 0)
     # OSError too: an existing file named as an output folder, a full disk... are user errors.
     except (ValueError, OSError, CheckpointError) as exc:
-        print(f"psconv: error: {exc}", file=sys.stderr)
+        # One line, whatever the message: tarfile, for one, lists a reason per method tried.
+        print(f"psconv: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("psconv: interrupted", file=sys.stderr)

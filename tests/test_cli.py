@@ -168,7 +168,10 @@ def _bad_invocations(tmp: Path) -> list[list[str]]:
                 )
                 argv += [*action.option_strings[:1], value]
             cases.append(argv)
+    not_tar = tmp / "cifar10.tar.gz"  # tarfile's error lists one reason per method, a line each
+    not_tar.write_bytes(b"not an archive")
     cases += [
+        ["train", "--data-dir", str(not_tar), "--epochs", "1"],
         ["predict", "--checkpoint", str(garbage), str(tmp), "--top-k", "0"],
         ["predict", "--checkpoint", str(garbage), str(tmp), "--top-k", "-3"],
         ["profile", "--pattern", "PS5_P4"],

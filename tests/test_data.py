@@ -121,6 +121,11 @@ def test_missing_and_malformed_data(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     with pytest.raises(ValueError, match="cannot be read"):
         load_dataset("cifar10", tmp_path, use_cache=False)
     (tmp_path / "cifar10-broken.tar.gz").unlink()
+    for empty in ("cifar10.npz", "cifar10.tar.gz"):  # as left by an interrupted copy
+        (tmp_path / empty).write_bytes(b"")
+        with pytest.raises(ValueError, match=r"is not a readable \.npz|cannot be read"):
+            load_dataset("cifar10", tmp_path / empty, use_cache=False)
+        (tmp_path / empty).unlink()
     (tmp_path / "train" / "cat").mkdir(parents=True)
     (tmp_path / "test" / "cat").mkdir(parents=True)
     (tmp_path / "train" / "cat" / "0.jpg").write_bytes(b"garbage")

@@ -356,7 +356,7 @@ def _load_npz(path: Path, size: int) -> tuple:
         raise ValueError(
             f"{str(path)!r} lacks array {exc}; expected x_train, y_train, x_test, y_test"
         ) from None
-    except (OSError, ValueError, zipfile.BadZipFile) as exc:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:  # EOFError: an empty file
         raise ValueError(f"{str(path)!r} is not a readable .npz ({exc})") from None
     for name, x in (("x_train", arrays[0]), ("x_test", arrays[2])):
         if x.dtype != np.uint8 or x.ndim != 4 or x.shape[1:] != (size, size, 3):
