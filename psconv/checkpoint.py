@@ -38,7 +38,16 @@ from .convert import apply_sparse_layers, sparse_layers
 from .errors import CheckpointError
 from .fileio import atomic_write
 
-__all__ = ["save", "load", "load_checkpoint", "read_header", "serialize", "Checkpoint", "CheckpointError"]
+__all__ = [
+    "save",
+    "load",
+    "load_checkpoint",
+    "read_header",
+    "verify",
+    "serialize",
+    "Checkpoint",
+    "CheckpointError",
+]
 
 FORMAT = "psconv-checkpoint"
 FORMAT_VERSION = 2
@@ -282,6 +291,15 @@ def _read_all(path: Path) -> dict[str, Any]:
         raise CheckpointError(f"checkpoint {name!r} has a corrupt header (metadata 'extra')") from None
     state = {k: t for k, t in tensors.items() if not k.startswith(EXTRA_PREFIX)}
     return {k: parts[k] for k in ("config", "sparse_layers", "meta")} | {"state": state, "extra": extra}
+
+
+def verify(path: str | os.PathLike[str]) -> None:
+    """Read every tensor of a checkpoint and check its checksum, without building the model.
+
+    A damaged file raises :class:`CheckpointError` naming what is wrong, as loading it would;
+    ``read_header`` alone never touches the data.
+    """
+    _read_all(Path(path))
 
 
 def load_checkpoint(

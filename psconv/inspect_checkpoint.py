@@ -209,4 +209,6 @@ def format_summary(s: dict[str, Any]) -> str:
         lines.append("recorded    " + ", ".join(f"{k}={v}" for k, v in s["metrics"].items()))
     else:
         lines.append("recorded    no accuracy recorded")
+    if s.get("verified"):
+        lines.append("data        every tensor read; checksum matches")
     return "\n".join(lines)

@@ -58,3 +58,21 @@ def test_inspect_cli_text_and_json(
     assert main(["inspect", str(path), "--json", "--no-macs"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["params"] == 2_470_986 and "macs" not in data
+
+
+def test_inspect_verify_reads_the_data_the_header_alone_does_not(
+    vgg_ckpt: tuple[Path, torch.nn.Module], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    path, _ = vgg_ckpt
+    assert main(["inspect", str(path), "--verify"]) == 0
+    assert "checksum matches" in capsys.readouterr().out
+    assert main(["inspect", str(path), "--verify", "--json", "--no-macs"]) == 0
+    assert json.loads(capsys.readouterr().out)["verified"] is True
+    raw = bytearray(path.read_bytes())
+    raw[-3] ^= 0xFF  # a flipped bit in the last tensor's data: the header still parses
+    damaged = tmp_path / "damaged.safetensors"
+    damaged.write_bytes(bytes(raw))
+    assert main(["inspect", str(damaged)]) == 0 and "verified" not in capsys.readouterr().out
+    assert main(["inspect", str(damaged), "--verify"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"checkpoint {str(damaged)!r} is corrupt (data checksum mismatch)" in err
