@@ -133,6 +133,11 @@ def test_predict_skips_bad_files(vgg_ckpt: tuple[Path, torch.nn.Module], tmp_pat
     assert len(skipped) == 3 and not any(".hidden" in line for line in skipped)
     assert main(["predict", "--checkpoint", str(path), str(tmp_path / "notes.txt")]) == 2
     assert "no image could be classified" in capsys.readouterr().err
+    empty = tmp_path / "empty"
+    (empty / ".cache").mkdir(parents=True)
+    (empty / ".cache" / "a.png").write_bytes((tmp_path / "good.png").read_bytes())  # hidden: not walked
+    assert main(["predict", "--checkpoint", str(path), str(empty)]) == 2
+    assert f"no files found in {str(empty)!r} (folders are walked; hidden" in capsys.readouterr().err
 
 
 def test_classify_refuses_non_finite(vgg_ckpt: tuple[Path, torch.nn.Module]) -> None:

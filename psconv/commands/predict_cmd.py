@@ -54,6 +54,6 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(
             f"no image could be classified ({len(result.skipped)} file(s) skipped)"
             if result.skipped
-            else "no image files found"
+            else f"no files found in {', '.join(map(repr, args.images))} (folders are walked; hidden files are skipped)"
         )
     return 0
