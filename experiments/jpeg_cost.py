@@ -187,10 +187,11 @@ def main() -> int:
     per_run = {(f, s): run_scores(a.psconv, out / f"{f}-s{s}", data) for f in FORMS for s in seeds}
     scores = {f: {t: [per_run[f, s][t] for s in seeds] for t in FORMS} for f in FORMS}
     atomic_write(out / "scores.json", json.dumps({"seeds": seeds, "top1": scores}, indent=2) + "\n")
-    atomic_write(out / "table.md", table(scores))
-    atomic_write(a.out / "pooled.md", pooled_table(a.out))
-    print(table(scores))
-    print(pooled_table(a.out))
+    network, pooled = table(scores), pooled_table(a.out)
+    atomic_write(out / "table.md", network)
+    atomic_write(a.out / "pooled.md", pooled)
+    print(network)
+    print(pooled)
     return 0
 
 
